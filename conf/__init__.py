@@ -1,0 +1,1 @@
+"""Hydra configuration of sweeps, installed as the package `sweeps.conf`."""

@@ -1,0 +1,204 @@
+"""``python -m sweeps COMMAND +study=NAME [key=value ...]``.
+
+Hydra composes the config (so its overrides, ``hydra.run.dir=...`` and ``--cfg job`` work as
+Hydra users expect); this module only picks the command, turns known errors into one line and
+sets exit codes. It imports neither TensorFlow nor MLflow: ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+USAGE = """\
+usage: python -m sweeps COMMAND +study=NAME [key=value ...] [--debug]
+
+Hyperparameter sweeps with experiment tracking for Keras image classifiers.
+
+commands:
+  run      run the study's trials (search or ablation) and log them to MLflow
+  plan     dry run: parameter counts, output shapes and FLOPs, no training
+  report   per-variant statistics (or best trials) from Optuna and MLflow
+  studies  list the studies in conf/study/
+
+common keys (Hydra overrides):
+  data.root=DIR  train.epochs=N  train.batch_size=N  sweep.n_trials=N  sweep.timeout=SECONDS
+  sweep.name=NAME  sweep.sampler=tpe|random|grid|cmaes|gp  sweep.pruner=median|hyperband|none
+  sweep.mode=search|ablation  storage.url=URL  tracking.uri=URI  seed=N
+
+examples:
+  python -m sweeps run +study=quickstart
+  python -m sweeps run +study=age_gap data.root=/data/lag train.epochs=2 sweep.n_trials=2
+  python -m sweeps plan +study=gender_resolution
+  python -m sweeps report +study=fashion_mnist_dropout
+
+--debug (or HYDRA_FULL_ERROR=1) shows full tracebacks. Hydra's own help: COMMAND --hydra-help
+"""
+
+COMMANDS = ("run", "plan", "report")
+
+
+def conf_dir() -> Path:
+    """The config folder: ``SWEEPS_CONF_DIR`` if set, else the one installed with sweeps."""
+    if os.environ.get("SWEEPS_CONF_DIR"):
+        return Path(os.environ["SWEEPS_CONF_DIR"]).resolve()
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("sweeps.conf")))
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "study").glob("*.yaml"))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Prints one line to stderr and exits."""
+    print(f"sweeps: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _check_study(args: list[str]) -> None:
+    """One clear line for a missing or unknown study, before Hydra's longer message."""
+    chosen = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("study=")]
+    available = ", ".join(study_names())
+    if not chosen:
+        fail(f"no study given: add +study=NAME (available: {available})")
+    if chosen[-1] not in study_names():
+        fail(f"unknown study '{chosen[-1]}' (available: {available})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m sweeps`` and the ``sweeps`` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    command, rest = args[0], args[1:]
+    if command == "studies":
+        print("\n".join(study_names()))
+        return
+    if command not in COMMANDS:
+        fail(f"unknown command '{command}'; valid commands: {', '.join(COMMANDS)} (see --help)")
+    if not any(a.startswith("--") and a != "--debug" for a in rest):
+        _check_study(rest)
+    _run_hydra(command, rest, debug)
+
+
+def _run_hydra(command: str, overrides: list[str], debug: bool) -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    task: Callable[[DictConfig], None] = _TASKS[command]
+
+    @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        _guarded(command, cfg, task, debug)
+
+    sys.argv = [f"sweeps {command}", *overrides]
+    _install_signal_handlers()
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # a config error raised while Hydra composes
+        if debug:
+            raise
+        fail(_first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    from sweeps.errors import mask_url
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return mask_url(" ".join(lines[:2]) if lines else type(exc).__name__)
+
+
+def _guarded(command: str, cfg, task, debug: bool) -> None:
+    """Runs a command; known errors become one line and an exit code, never a traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweeps.errors import SweepsError, one_line
+
+    try:
+        task(cfg)
+    except SweepsError as exc:
+        if debug:
+            raise
+        fail(one_line(exc), exc.exit_code)
+    except OmegaConfBaseException as exc:
+        if debug:
+            raise
+        fail(_omegaconf_message(exc))
+    except ValueError as exc:  # model and data builders raise ValueError subclasses
+        from sweeps.data import DataError
+        from sweeps.models import ModelConfigError
+
+        if debug or not isinstance(exc, (DataError, ModelConfigError)):
+            raise
+        fail(one_line(exc).split(": ", 1)[-1] if "Error: " in one_line(exc) else str(exc))
+
+
+def _omegaconf_message(exc: Exception) -> str:
+    key = getattr(exc, "full_key", "") or ""
+    text = str(exc).splitlines()[0]
+    if "Missing mandatory value" in text:
+        return f"{key} is not set: give it on the command line, e.g. {key}=..."
+    return f"{text} ({key})" if key else text
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C (the running trial ends as FAIL), exiting with 143."""
+
+    def on_term(signum: int, frame: object) -> None:
+        from sweeps.engine import Interrupted
+
+        raise Interrupted(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _study_name() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.choices.get("study") or "")
+
+
+def _load(cfg):
+    import optuna
+    from omegaconf import OmegaConf
+
+    from sweeps.config import load
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say it all
+    raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return load(raw, study=_study_name())
+
+
+def _run(cfg) -> None:
+    from sweeps.runner import run_study
+
+    code = run_study(_load(cfg))
+    if code:
+        raise SystemExit(code)
+
+
+def _plan(cfg) -> None:
+    from sweeps.plan import plan_study
+
+    plan_study(_load(cfg))
+
+
+def _report(cfg) -> None:
+    from sweeps.report import report_study
+
+    report_study(_load(cfg))
+
+
+_TASKS = {"run": _run, "plan": _plan, "report": _report}

@@ -1,0 +1,118 @@
+"""The `run` command: builds every service once, in one place, and hands them to the engine."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import RunConfig
+from sweeps.errors import ConfigError
+
+log = logging.getLogger("sweeps.run")
+
+
+def load_data(cfg: RunConfig) -> Any:
+    """Loads the study's dataset, failing before any trial with the path and layout expected."""
+    from sweeps.data import load_dataset
+
+    kwargs = {k: v for k, v in cfg.data.items() if k != "name" and v is not None}
+    if kwargs.get("root") == "???":
+        raise ConfigError(
+            f"data.root is not set: give data.root=/path/to/images for study '{cfg.study}' "
+            f"({_layout_hint(cfg.data)})"
+        )
+    return load_dataset(cfg.data["name"], **kwargs)
+
+
+def _layout_hint(data: dict[str, Any]) -> str:
+    if data.get("layout") == "classes":
+        return "layout: DIR/<class>/*.jpg"
+    return "layout: DIR/{train,validation,test}/<class>/*.jpg"
+
+
+def data_info(data: Any) -> dict[str, Any]:
+    """What the run records about its dataset (tags on every MLflow run)."""
+    sizes = {name: len(getattr(data, name).y) for name in ("train", "validation", "test")}
+    return {
+        "fingerprint": data.fingerprint,
+        "source": data.source,
+        "skipped_files": data.skipped,
+        "sizes": "/".join(str(sizes[k]) for k in ("train", "validation", "test")),
+        "classes": ",".join(data.class_names),
+    }
+
+
+def git_commit() -> str:
+    """The commit of the sweeps checkout that runs, or '' when it is not a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def open_tracker(cfg: RunConfig) -> Any:
+    from sweeps.tracking import Tracker, default_uri
+
+    uri = cfg.tracking.uri or default_uri(cfg.store_dir)
+    local = cfg.tracking.uri is None
+    return Tracker(
+        uri,
+        cfg.sweep.name,
+        artifact_root=(cfg.store_dir / "artifacts") if local or uri.startswith("sqlite") else None,
+        spool_dir=cfg.store_dir / "spool",
+    )
+
+
+def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
+    """Runs the study; returns the exit code (0, or 130/143 when interrupted).
+
+    Args:
+        cfg: The validated config.
+        trainer: A trainer to use instead of Keras (tests pass a scripted one).
+        progress: A progress display; None picks the console one.
+    """
+    from sweeps.engine import Engine
+    from sweeps.progress import ConsoleProgress
+    from sweeps.storage import make_pruner, make_sampler, open_storage
+
+    engine_ref: list[Engine] = []
+    storage = open_storage(cfg.storage, cfg.store_dir,
+                           lambda study, trial: engine_ref[0].on_dead_trial(study, trial))  # fmt: skip
+    tracker = open_tracker(cfg)
+    try:
+        info: dict[str, Any] = {}
+        if trainer is None:
+            data = load_data(cfg)
+            info = data_info(data)
+            progress = progress or ConsoleProgress(cfg.sweep.name, cfg.sweep.metric)
+            n_train, n_val, n_test = info["sizes"].split("/")
+            progress.note(
+                f"data: {n_train} train / {n_val} validation / {n_test} test images from "
+                f"{data.source}; skipped {data.skipped} unreadable files"
+            )
+            trainer = _keras_trainer(cfg, data)
+        engine = Engine(
+            cfg, storage=storage, tracker=tracker, trainer=trainer,
+            sampler=make_sampler(cfg.sweep, cfg.space, cfg.seed),
+            pruner=make_pruner(cfg.sweep, cfg.train.epochs), data_info=info,
+            progress=progress, git_commit=git_commit(),
+        )  # fmt: skip
+        engine_ref.append(engine)
+        summary = engine.run()
+    finally:
+        tracker.close()
+    if progress is not None:
+        progress.summary(summary, engine.study)
+    return summary.interrupted.exit_code if summary.interrupted else 0
+
+
+def _keras_trainer(cfg: RunConfig, data: Any) -> Any:
+    from sweeps.trainer import KerasTrainer, configure_tensorflow
+
+    configure_tensorflow(cfg.train.threads, cfg.train.mixed_precision)
+    return KerasTrainer(data)

@@ -1,0 +1,168 @@
+"""Optuna storage, sampler and pruner, built from config.
+
+The embedded default is a journal file (Optuna's backend made for several processes on one
+host; SQLite with several writers is not). Any RDB URL gives RDBStorage with heartbeats, so a
+worker that dies mid-trial has that trial failed and retried by another worker. Journal
+storage has no heartbeats: a dead local worker is found by its process id instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import StorageConfig, SweepConfig
+from sweeps.errors import ConfigError, StorageUnreachable, mask_url
+from sweeps.space import Param, grid_space
+
+FailedTrialCallback = Callable[[Any, Any], None]
+
+WORKER_ATTR = "sweeps.worker"  # "host:pid" of the process running a trial
+
+
+def worker_id() -> str:
+    """This process as other workers see it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def resolve_url(cfg: StorageConfig, store_dir: Path) -> str:
+    """The storage URL, with the embedded default filled in."""
+    return cfg.url or str((store_dir / "optuna.journal").resolve())
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url
+
+
+def open_storage(
+    cfg: StorageConfig, store_dir: Path, failed_trial_callback: FailedTrialCallback
+) -> Any:
+    """Opens (creating if needed) the study storage.
+
+    Args:
+        cfg: Storage section of the config.
+        store_dir: Folder of the embedded default.
+        failed_trial_callback: Called with ``(study, frozen_trial)`` for each trial found dead.
+
+    Raises:
+        StorageUnreachable: within about 15 s, naming the URL with its password masked.
+    """
+    import optuna
+
+    url = resolve_url(cfg, store_dir)
+    if is_journal(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        except OSError as exc:
+            raise StorageUnreachable(f"Optuna journal {url} cannot be opened: {exc}") from None
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat is marked experimental
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=failed_trial_callback,
+            )
+    except Exception as exc:
+        raise StorageUnreachable(
+            f"Optuna storage {mask_url(url)} is unreachable ({type(exc).__name__}: "
+            f"{mask_url(str(exc)).splitlines()[0][:160]}); check storage.url and that the "
+            "database is running"
+        ) from None
+
+
+def fail_dead_local_trials(study: Any, callback: FailedTrialCallback) -> int:
+    """Fails RUNNING trials whose worker process on this host is gone; returns how many.
+
+    Journal storage has no heartbeats, so a local worker killed mid-trial would leave its
+    trial RUNNING forever. Trials of other hosts are left alone.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    found = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(t.user_attrs.get(WORKER_ATTR, ""))
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            ok = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        if ok:
+            found += 1
+            callback(study, study._storage.get_trial(t._trial_id))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:
+    """The sampler named by ``sweep.sampler``."""
+    import optuna
+
+    name = sweep.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=sweep.startup_trials, multivariate=True, group=True
+            )
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(grid_space(space), seed=seed)
+        if name == "cmaes":
+            _require("cmaes", "sweep.sampler=cmaes", "cmaes")
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=sweep.startup_trials)
+        if name == "gp":
+            _require("torch", "sweep.sampler=gp", "torch")
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sweep.startup_trials)
+    raise ConfigError(f"sweep.sampler={name!r}: valid samplers: tpe, random, grid, cmaes, gp")
+
+
+def _require(module: str, what: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{what} needs the package {package}: pip install {package}")
+
+
+def make_pruner(sweep: SweepConfig, epochs: int) -> Any:
+    """The pruner named by ``sweep.pruner``; ablations never prune (every repeat counts)."""
+    import optuna
+
+    if sweep.mode == "ablation" or sweep.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs
+        )
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, sweep.warmup_epochs), max_resource=max(epochs, 2),
+            reduction_factor=3,
+        )  # fmt: skip
+    raise ConfigError(f"sweep.pruner={sweep.pruner!r}: valid pruners: median, hyperband, none")

@@ -1,0 +1,206 @@
+"""Trains one trial with Keras: build, fit with per-epoch reports, best epoch, test, artifacts.
+
+This is the only module of the orchestration that imports TensorFlow, and only when a
+:class:`KerasTrainer` is created, so ``--help``, ``plan`` parsing and the tests of the loop stay
+fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeps.errors import TrialFailed
+from sweeps.trial import TrialOutcome, TrialSpec
+
+log = logging.getLogger("sweeps.trainer")
+
+_KERAS_TO_OURS = {"loss": "train_loss", "acc": "train_acc", "val_loss": "val_loss",
+                  "val_acc": "val_acc"}  # fmt: skip
+
+
+def configure_tensorflow(threads: int | None = None, mixed_precision: bool = False) -> None:
+    """Process-wide TensorFlow settings; must run before the first model is built.
+
+    GPU memory growth lets several worker processes share one card; ``threads`` pins
+    TensorFlow's intra-op pool, so that two workers on one host do not fight for the cores.
+    """
+    import keras
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:
+            log.warning("TensorFlow was already running; train.threads applies from the next run")
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+class KerasTrainer:
+    """Trains trials on one loaded dataset.
+
+    Args:
+        data: A :class:`sweeps.data.ImageData`, loaded once per worker process.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def run(self, spec: TrialSpec, report: Callable[[int, dict[str, float]], None]) -> TrialOutcome:
+        """Trains one trial; ``report`` may raise to prune or fail it."""
+        import keras
+
+        from sweeps.models import check_architecture, create_model
+        from sweeps.models.compile import compile_model
+
+        h, w, c = self.data.image_shape
+        size = spec.input_size or (h, w)
+        shape = (size[0], size[1], c)
+        num_classes = self.data.num_classes
+        check_architecture(spec.model_name, input_shape=shape, num_classes=num_classes,
+                           **spec.model_kwargs)  # fmt: skip
+        keras.backend.clear_session()  # without it every trial's graphs stay in memory
+        keras.utils.set_random_seed(spec.seed)
+        model = create_model(spec.model_name, input_shape=shape, num_classes=num_classes,
+                             **spec.model_kwargs)  # fmt: skip
+        compile_model(model, optimizer=spec.train.optimizer, learning_rate=spec.train.learning_rate,
+                      num_classes=num_classes, jit_compile=spec.train.jit_compile)  # fmt: skip
+        train_ds, val_ds, test_ds = self._datasets(spec, size, c)
+        keeper = _best_epoch(report, spec.metric)
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=spec.train.epochs,
+                      verbose=spec.train.verbose, callbacks=[keeper], shuffle=False)  # fmt: skip
+        except Exception as exc:
+            if type(exc).__name__ == "ResourceExhaustedError":
+                raise TrialFailed(f"out of memory at batch size {spec.train.batch_size}") from exc
+            raise
+        if keeper.best_weights is None:
+            raise TrialFailed("no epoch finished")
+        model.set_weights(keeper.best_weights)
+        probs = model.predict(test_ds, verbose=0)
+        test, per_class, confusion = evaluate(probs, self.data.test.y, self.data.class_names)
+        artifacts = write_artifacts(spec, model, keeper.history, confusion, per_class,
+                                    self.data.class_names)  # fmt: skip
+        return TrialOutcome(
+            history=keeper.history,
+            best_epoch=keeper.best_epoch,
+            best=keeper.history[keeper.best_epoch - 1],
+            test=test,
+            param_count=int(model.count_params()),
+            artifacts=artifacts,
+        )
+
+    def _datasets(self, spec: TrialSpec, size: tuple[int, int], channels: int):
+        from sweeps.data import AugmentSpec, make_dataset
+
+        common = {"batch_size": spec.train.batch_size, "image_size": size, "channels": channels}
+        augment = AugmentSpec.from_dict(spec.train.augment)
+        train = make_dataset(self.data.train, augment=augment, shuffle=True, seed=spec.seed,
+                             **common)  # fmt: skip
+        return (
+            train,
+            make_dataset(self.data.validation, **common),
+            make_dataset(self.data.test, **common),
+        )
+
+
+def _best_epoch(report: Callable[[int, dict[str, float]], None], metric: str) -> Any:
+    """A Keras callback that reports each epoch and keeps the best epoch's weights in memory.
+
+    The class is made on first use so that importing this module does not import Keras.
+    Keeping weights in memory instead of writing a checkpoint at every improvement costs one
+    copy per improving epoch and one file per trial.
+    """
+    import keras
+
+    class BestEpoch(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sign = 1.0 if metric.endswith("acc") else -1.0
+            self.history: list[dict[str, float]] = []
+            self.best_epoch = 0
+            self.best_weights: list[np.ndarray] | None = None
+            self._best = -np.inf
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            metrics = {ours: float(logs[k]) for k, ours in _KERAS_TO_OURS.items() if k in logs}
+            self.history.append(metrics)
+            score = self.sign * metrics.get(metric, np.nan)
+            if np.isfinite(score) and score > self._best:
+                self._best, self.best_epoch = score, epoch + 1
+                self.best_weights = self.model.get_weights()
+            report(epoch + 1, metrics)  # may raise to prune or fail the trial
+
+    return BestEpoch()
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray, class_names: list[str]):
+    """Test loss and accuracy, the per-class report and the confusion matrix.
+
+    Computed from one ``predict`` pass, with Keras's epsilon, so the checkpoint is run over the
+    test split once.
+    """
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    eps = 1e-7
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        p = np.clip(probs[:, 0], eps, 1 - eps)
+        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        pred = (p > 0.5).astype(int)
+    else:
+        p = np.clip(probs, eps, 1 - eps)
+        loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+        pred = p.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    report = classification_report(y, pred, labels=labels, target_names=class_names,
+                                   output_dict=True, zero_division=0)  # fmt: skip
+    test = {"test_loss": float(loss), "test_acc": float(np.mean(pred == y)),
+            "test_macro_f1": float(report["macro avg"]["f1-score"])}  # fmt: skip
+    return test, report, confusion_matrix(y, pred, labels=labels)
+
+
+def write_artifacts(spec: TrialSpec, model: Any, history: list[dict[str, float]],
+                    confusion: np.ndarray, per_class: dict, class_names: list[str]):  # fmt: skip
+    """Writes the trial's files into its scratch folder and lists them for upload.
+
+    Raises:
+        TrialFailed: when a file cannot be written (disk full, permissions).
+    """
+    import yaml
+
+    from sweeps import plots
+
+    out = spec.workdir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files: list[tuple[Path, str | None]] = []
+        if spec.log_checkpoint:
+            ckpt = out / "best.keras"
+            model.save(ckpt)
+            files.append((ckpt, "checkpoint"))
+        curves = plots.learning_curves(history, out / "learning_curves.png",
+                                       title=f"{spec.study} trial {spec.number}")  # fmt: skip
+        cm = plots.confusion(confusion, class_names, out / "confusion_matrix.png")
+        report = out / "classification_report.json"
+        report.write_text(json.dumps(per_class, indent=2))
+        config = out / "config.yaml"
+        config.write_text(yaml.safe_dump(spec.config, sort_keys=False))
+        files += [(curves, "plots"), (cm, "plots"), (report, None), (config, None)]
+    except OSError as exc:
+        raise TrialFailed(f"could not write the trial's artifacts in {out}: {exc.strerror or exc}")
+    return files
