@@ -86,9 +86,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command not in COMMANDS:
         fail(f"unknown command '{command}'; valid commands: {', '.join(COMMANDS)} (see --help)")
-    if not any(a.startswith("--") and a != "--debug" for a in rest):
+    if not any(a.startswith("-") for a in rest):  # Hydra flags (--cfg job, ...) pass through
         _check_study(rest)
+        _check_composes(rest, debug)
     _run_hydra(command, rest, debug)
+
+
+def _check_composes(overrides: list[str], debug: bool) -> None:
+    """Composes once with Hydra's compose API, so a bad override is one line, not Hydra's
+    multi-line report (`hydra.main` below composes again, for its run dir and logging)."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as exc:
+        if debug:
+            raise
+        fail(_first_line(exc))
 
 
 def _run_hydra(command: str, overrides: list[str], debug: bool) -> None:
@@ -128,6 +143,9 @@ def _guarded(command: str, cfg, task, debug: bool) -> None:
 
     try:
         task(cfg)
+    except KeyboardInterrupt as exc:  # outside a trial (loading data, opening storage)
+        print("sweeps: interrupted", file=sys.stderr)
+        raise SystemExit(getattr(exc, "exit_code", 130)) from None
     except SweepsError as exc:
         if debug:
             raise

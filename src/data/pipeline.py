@@ -1,0 +1,161 @@
+"""tf.data pipelines that feed a trial from in-memory uint8 splits.
+
+Imports TensorFlow; `sweeps.data` imports this module only on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from .augment import AugmentSpec
+from .base import ImageData, Split, as_size
+from .errors import DataError
+
+__all__ = ["AugmentSpec", "make_dataset", "make_datasets"]
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def make_dataset(
+    split: Split,
+    *,
+    batch_size: int,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    augment: AugmentSpec | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 1], int64 labels) from one split.
+
+    Labels stay class indices of shape (batch,) for every number of classes: Keras'
+    binary_crossentropy and BinaryAccuracy accept them against a (batch, 1) sigmoid
+    output, and sparse_categorical_crossentropy against a softmax, so nothing here
+    depends on the model's head.
+
+    Args:
+        split: The images and labels.
+        batch_size: Images per batch; the last batch may be smaller.
+        image_size: (height, width) or int to resize to (bilinear) when it differs from
+            the arrays' size, e.g. seed 000's 64x64 scenario from 256x256 files.
+        channels: 1 or 3 to convert grayscale <-> RGB; None keeps the arrays' channels.
+        augment: Random augmentation applied to every batch; pass it for train only.
+        shuffle: Reshuffle the examples every epoch (train only).
+        seed: Seed of the shuffle and of the augmentation; the same seed gives the same
+            batches, epoch by epoch.
+        cache: Keep the resized images in memory after the first epoch, so the resize
+            runs once per trial rather than once per epoch.
+    """
+    if channels not in (None, 1, 3):
+        raise DataError(f"make_dataset: channels={channels!r}, expected 1, 3 or None")
+    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    prepare = _prepare_fn(split.x.shape[1:], as_size(image_size, "make_dataset"), channels)
+    if prepare is not None:
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+        if cache:
+            ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    # Rescale after batching and after the cache: one op per batch, and the cache holds
+    # uint8 (4x less memory than float32; 256x256 RGB splits reach gigabytes otherwise).
+    ds = ds.batch(batch_size).map(_rescale, num_parallel_calls=AUTOTUNE)
+    if augment is not None and augment.active:
+        ds = _augment(ds, augment, seed)
+    return ds.prefetch(AUTOTUNE)
+
+
+def make_datasets(
+    data: ImageData,
+    *,
+    batch_size: int,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    augment: AugmentSpec | None = None,
+    seed: int = 0,
+    eval_batch_size: int | None = None,
+) -> dict[str, tf.data.Dataset]:
+    """The three pipelines of a trial: only train is shuffled and augmented.
+
+    Args:
+        data: The loaded dataset.
+        batch_size: Training batch size.
+        image_size: See `make_dataset`.
+        channels: See `make_dataset`.
+        augment: Train-time augmentation (as in the documents, validation and test are
+            only rescaled).
+        seed: Seed of the train shuffle and augmentation.
+        eval_batch_size: Batch size of validation and test; default `batch_size`.
+    """
+    common: dict[str, Any] = {"image_size": image_size, "channels": channels}
+    return {
+        "train": make_dataset(
+            data.train, batch_size=batch_size, augment=augment, shuffle=True, seed=seed, **common
+        ),
+        "validation": make_dataset(
+            data.validation, batch_size=eval_batch_size or batch_size, **common
+        ),
+        "test": make_dataset(data.test, batch_size=eval_batch_size or batch_size, **common),
+    }
+
+
+def _prepare_fn(
+    shape: tuple[int, ...], image_size: tuple[int, int] | None, channels: int | None
+) -> Any:
+    """The deterministic per-image map (resize, channel conversion), or None if a no-op."""
+    resize = image_size is not None and image_size != tuple(shape[:2])
+    convert = channels is not None and channels != shape[2]
+    if not (resize or convert):
+        return None
+
+    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if resize:
+            x = tf.image.resize(x, image_size, method="bilinear")
+            x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+        if convert:
+            x = tf.image.grayscale_to_rgb(x) if channels == 3 else tf.image.rgb_to_grayscale(x)
+        return x, y
+
+    return prepare
+
+
+def _rescale(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(x, tf.float32) / 255.0, y  # the documents' rescale=1/255
+
+
+def _augment(ds: tf.data.Dataset, spec: AugmentSpec, seed: int) -> tf.data.Dataset:
+    layers = spec.keras_layers(seed)
+    # Each batch gets its own seed from a seeded random stream (new draws each epoch).
+    # Letting the layers advance their own seed state instead would make the result
+    # depend on the order in which the parallel map calls run, i.e. not reproducible.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def augment(batch: tuple[tf.Tensor, tf.Tensor], batch_seed: tf.Tensor):
+        x, y = batch
+        draws = _BatchSeeds(batch_seed)
+        for layer in layers:
+            transformation = layer.get_random_transformation(x, training=True, seed=draws)
+            x = layer.transform_images(x, transformation, training=True)
+        return x, y
+
+    return tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+
+
+class _BatchSeeds(keras.random.SeedGenerator):
+    """Stateless stand-in for a layer's SeedGenerator: seeds derived from one batch seed.
+
+    Keras random ops accept a SeedGenerator and call its `next()` once per draw; this
+    one returns (batch seed, draw number), so every draw in a batch differs and depends
+    only on the batch seed. It has no state variable, so parallel calls cannot race.
+    """
+
+    def __init__(self, batch_seed: tf.Tensor) -> None:  # no super().__init__: no variable
+        self._seed = tf.cast(batch_seed, tf.int64)
+        self._draws = 0
+
+    def next(self, ordered: bool = True) -> tf.Tensor:
+        self._draws += 1
+        return tf.stack([self._seed, tf.constant(self._draws, tf.int64)])

@@ -1,0 +1,75 @@
+"""A trainer that plays scripted learning curves, so the orchestration is tested in seconds."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sweeps.errors import TrialFailed
+from sweeps.trial import TrialOutcome, TrialSpec
+
+Curve = Callable[[TrialSpec], list[float]]
+
+
+def default_curve(spec: TrialSpec) -> list[float]:
+    """A rising validation-accuracy curve whose ceiling depends on the parameters.
+
+    Deterministic: the same parameters give the same curve, so samplers and pruners see a
+    real signal (bigger kernel and lower dropout do better here).
+    """
+    kwargs = spec.model_kwargs
+    ceiling = 0.6 + 0.05 * int(kwargs.get("kernel_size", 3)) - 0.3 * float(
+        kwargs.get("dense_dropout", 0.0)
+    )
+    ceiling = min(max(ceiling, 0.15), 0.99)
+    return [ceiling * (1 - math.exp(-(e + 1) / 2)) for e in range(spec.train.epochs)]
+
+
+class FakeTrainer:
+    """Stands in for KerasTrainer; records what it was asked to run.
+
+    Args:
+        curve: Maps a spec to its per-epoch val_acc.
+        fail_when: Raises TrialFailed with this text when it returns a message for a spec.
+        epoch_seconds: Sleep per epoch (for interruption tests).
+        write_artifacts: Writes a small file per trial into the trial's workdir.
+    """
+
+    def __init__(self, curve: Curve = default_curve, fail_when=None, epoch_seconds: float = 0.0,
+                 write_artifacts: bool = True) -> None:  # fmt: skip
+        self.curve, self.fail_when = curve, fail_when
+        self.epoch_seconds = epoch_seconds
+        self.write_artifacts = write_artifacts
+        self.specs: list[TrialSpec] = []
+        self.epochs_run = 0
+
+    def run(self, spec: TrialSpec, report) -> TrialOutcome:
+        self.specs.append(spec)
+        if self.fail_when and (msg := self.fail_when(spec)):
+            raise TrialFailed(msg)
+        history = []
+        for epoch, acc in enumerate(self.curve(spec), start=1):
+            time.sleep(self.epoch_seconds)
+            self.epochs_run += 1
+            metrics = {"train_loss": 1 - acc * 0.9, "train_acc": min(acc + 0.02, 1.0),
+                       "val_loss": 1 - acc, "val_acc": acc}  # fmt: skip
+            history.append(metrics)
+            report(epoch, metrics)
+        best = max(range(len(history)), key=lambda i: history[i]["val_acc"])
+        artifacts: list[tuple[Path, str | None]] = []
+        if self.write_artifacts:
+            spec.workdir.mkdir(parents=True, exist_ok=True)
+            note = spec.workdir / "curve.txt"
+            note.write_text(" ".join(f"{h['val_acc']:.4f}" for h in history))
+            artifacts.append((note, "plots"))
+        acc = history[best]["val_acc"]
+        return TrialOutcome(
+            history=history,
+            best_epoch=best + 1,
+            best=history[best],
+            test={"test_acc": acc - 0.01, "test_loss": 1 - acc},
+            param_count=1000 + 10 * int(spec.model_kwargs.get("kernel_size", 3)),
+            artifacts=artifacts,
+        )

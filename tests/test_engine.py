@@ -1,0 +1,224 @@
+"""The study loop on scripted trials: sampling, pruning, states, resume and tracking."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from conftest import compose
+from fakes import FakeTrainer, default_curve
+from optuna.trial import TrialState
+
+from sweeps.errors import StudyMismatch
+from sweeps.runner import open_tracker, run_study
+from sweeps.storage import WORKER_ATTR, open_storage
+
+
+def _study(cfg):
+    storage = open_storage(cfg.storage, cfg.store_dir, lambda s, t: None)
+    return optuna.load_study(study_name=cfg.sweep.name, storage=storage)
+
+
+def _runs(cfg):
+    tracker = open_tracker(cfg)
+    try:
+        return {int(r["tags"]["sweeps.trial_number"]): r for r in tracker.trial_runs(cfg.sweep.name)}
+    finally:
+        tracker.close()
+
+
+def _count(study, state):
+    return sum(t.state == state for t in study.get_trials(deepcopy=False))
+
+
+def test_search_prunes_and_tracks_every_trial(store):
+    # Half the trials plateau low: the median pruner must stop some of them early.
+    def curve(spec):
+        base = default_curve(spec)
+        return [v * 0.5 for v in base] if spec.number % 2 else base
+
+    cfg = compose("quickstart", "sweep.n_trials=10", "sweep.startup_trials=2",
+                  "sweep.warmup_epochs=1", "train.epochs=5", store=store)  # fmt: skip
+    trainer = FakeTrainer(curve)
+    assert run_study(cfg, trainer=trainer) == 0
+
+    study = _study(cfg)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 10
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete and len(pruned) + len(complete) == 10
+    assert trainer.epochs_run < 10 * 5  # pruning saved epochs
+
+    runs = _runs(cfg)
+    assert set(runs) == {t.number for t in trials}
+    for t in complete:
+        run = runs[t.number]
+        assert t.user_attrs["mlflow_run_id"] == run["run_id"]
+        assert run["status"] == "FINISHED" and run["tags"]["sweeps.state"] == "COMPLETE"
+        assert run["metrics"]["test_acc"] == pytest.approx(t.user_attrs["test_acc"])
+        assert run["params"]["model.kernel_size"] == str(t.params["model.kernel_size"])
+        assert len(t.user_attrs["history"]) == 5
+    for t in pruned:
+        run = runs[t.number]
+        assert run["status"] == "KILLED"
+        assert run["tags"]["sweeps.pruned_at_epoch"] == str(max(t.intermediate_values))
+    tracker = open_tracker(cfg)
+    try:
+        any_complete = complete[0]
+        history = tracker.metric_history(runs[any_complete.number]["run_id"], "val_acc")
+        assert [s for s, _ in history] == [1, 2, 3, 4, 5]
+        parent = tracker.parent_run(cfg.sweep.name, {})
+        assert runs[any_complete.number]["tags"]["mlflow.parentRunId"] == parent
+    finally:
+        tracker.close()
+    # Artifacts are uploaded and the scratch folders removed.
+    assert not any((store / "work" / cfg.sweep.name).glob("trial-*"))
+
+
+def test_conditional_parameter_only_with_its_activation(store):
+    cfg = compose("quickstart", "sweep.n_trials=12", "sweep.sampler=random",
+                  "sweep.pruner=none", "train.epochs=1", store=store)  # fmt: skip
+    run_study(cfg, trainer=FakeTrainer())
+    for t in _study(cfg).get_trials(deepcopy=False):
+        has_alpha = "model.leaky_alpha" in t.params
+        assert has_alpha == (t.params["model.activation"] == "leaky_relu")
+
+
+def test_resume_counts_n_trials_as_the_study_total(store):
+    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=2", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    cfg = compose("quickstart", "sweep.n_trials=5", "train.epochs=2", store=store)
+    trainer = FakeTrainer()
+    run_study(cfg, trainer=trainer)
+    assert len(trainer.specs) == 2
+    assert len(_study(cfg).get_trials(deepcopy=False)) == 5
+    tracker = open_tracker(cfg)
+    try:
+        assert len(tracker._parents(cfg.sweep.name)) == 1  # the parent run is found again
+    finally:
+        tracker.close()
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(store):
+    cfg = compose("quickstart", "sweep.n_trials=4", "sweep.sampler=random", "train.epochs=2",
+                  store=store)  # fmt: skip
+    trainer = FakeTrainer(fail_when=lambda s: "boom on purpose" if s.number == 1 else None)
+    run_study(cfg, trainer=trainer)
+    study = _study(cfg)
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [1]
+    assert failed[0].user_attrs["sweeps.reason"] == "boom on purpose"
+    assert _count(study, TrialState.COMPLETE) == 3
+    run = _runs(cfg)[1]
+    assert run["status"] == "FAILED" and run["tags"]["sweeps.error"] == "boom on purpose"
+
+
+def test_nan_loss_fails_the_trial_with_the_reason(store):
+    def curve(spec):
+        return [0.5, math.nan, 0.7] if spec.number == 0 else default_curve(spec)
+
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=3", store=store)
+    trainer = FakeTrainer(curve)
+    run_study(cfg, trainer=trainer)
+    t0 = _study(cfg).trials[0]
+    assert t0.state == TrialState.FAIL
+    assert t0.user_attrs["sweeps.reason"] == "train_loss became nan at epoch 2"
+    assert trainer.epochs_run == 2 + 3  # stopped at once, the next trial ran in full
+
+
+def test_collapsing_architecture_is_pruned_with_its_reason(store):
+    from sweeps.models import ArchitectureError
+
+    class Collapsing(FakeTrainer):
+        def run(self, spec, report):
+            if spec.number == 0:
+                raise ArchitectureError("feature map collapses to 0x0 at block 3")
+            return super().run(spec, report)
+
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=2", store=store)
+    run_study(cfg, trainer=Collapsing())
+    t0 = _study(cfg).trials[0]
+    assert t0.state == TrialState.PRUNED
+    assert "collapses" in t0.user_attrs["sweeps.reason"]
+    assert _study(cfg).trials[1].state == TrialState.COMPLETE
+
+
+def test_changed_space_is_refused_unless_allowed(store):
+    cfg = compose("quickstart", "sweep.n_trials=1", "train.epochs=1", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    changed = ("space.model.kernel_size='choice(3,7)'", "sweep.n_trials=2", "train.epochs=1")
+    with pytest.raises(StudyMismatch, match="sweep.allow_space_change=true"):
+        run_study(compose("quickstart", *changed, store=store), trainer=FakeTrainer())
+    cfg = compose("quickstart", *changed, "sweep.allow_space_change=true", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    assert len(_study(cfg).trials) == 2
+
+
+def test_ablation_runs_every_variant_and_repeat_once(store):
+    overrides = ("sweep.mode=ablation", "sweep.repeats=2", "train.epochs=2", "data.root=unused")
+    cfg = compose("age_gap", *overrides, store=store)
+    trainer = FakeTrainer()
+    run_study(cfg, trainer=trainer)
+    expected = {(v.name, r) for v in cfg.variants for r in range(2)}
+    got = {(s.variant, s.repeat) for s in trainer.specs}
+    assert got == expected and len(trainer.specs) == len(expected)
+    for spec in trainer.specs:
+        assert spec.seed == cfg.seed + spec.repeat
+        variant = next(v for v in cfg.variants if v.name == spec.variant)
+        for path, value in variant.overrides.items():
+            section, key = path.split(".", 1)
+            assert spec.config[section][key] == value
+    # Rerunning the same command adds nothing.
+    again = FakeTrainer()
+    run_study(compose("age_gap", *overrides, store=store), trainer=again)
+    assert again.specs == []
+    assert _count(_study(cfg), TrialState.COMPLETE) == len(expected)
+
+
+def test_interrupted_trial_fails_then_resumes(store):
+    class Interrupting(FakeTrainer):
+        def run(self, spec, report):
+            if spec.number == 1:
+                report(1, {"train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5})
+                raise KeyboardInterrupt
+            return super().run(spec, report)
+
+    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=2", store=store)
+    assert run_study(cfg, trainer=Interrupting()) == 130
+    study = _study(cfg)
+    t1 = study.trials[1]
+    assert t1.state == TrialState.FAIL and t1.user_attrs["sweeps.reason"] == "interrupted"
+    assert _runs(cfg)[1]["status"] == "KILLED"
+    assert _count(study, TrialState.RUNNING) == 0
+    assert _count(study, TrialState.WAITING) == 1  # its retry
+
+    trainer = FakeTrainer()
+    assert run_study(cfg, trainer=trainer) == 0
+    study = _study(cfg)
+    assert trainer.specs[0].params == study.trials[1].params  # the retry came first
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 3
+    retry = next(t for t in finished if t.system_attrs.get("failed_trial") == 1)
+    assert _runs(cfg)[retry.number]["tags"]["sweeps.retry_of_run"] == _runs(cfg)[1]["run_id"]
+
+
+def test_trial_of_a_dead_local_worker_is_failed_and_retried(store):
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=2", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    study = _study(cfg)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
+    ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{dead}")
+
+    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=2", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    study = _study(cfg)
+    assert study.trials[ghost.number].state == TrialState.FAIL
+    assert _count(study, TrialState.RUNNING) == 0
+    assert _count(study, TrialState.COMPLETE) == 3
