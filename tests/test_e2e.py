@@ -89,3 +89,32 @@ def test_age_gap_on_a_messy_folder_skips_and_counts_broken_files(tmp_path, mlflo
         tracker.close()
     assert len(runs) == 2
     assert all(r["tags"]["sweeps.data.skipped_files"] == str(folder.broken) for r in runs)
+
+
+def test_two_local_workers_share_one_study(tmp_path):
+    """The embedded default (journal file, SQLite MLflow) with two `run` processes at once."""
+    import subprocess
+
+    from cli_helpers import sweeps_cmd
+
+    args = ("run", "+study=quickstart", "sweep.name=shared", "sweep.n_trials=6",
+            "train.epochs=2", "train.threads=1", "train.verbose=0")  # fmt: skip
+    workers = [subprocess.Popen(sweeps_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    for proc in workers:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    study = _study(tmp_path / "sweeps-store", "shared")
+    counted = [t for t in study.trials if not t.user_attrs.get("sweeps.spurious")]
+    assert len(counted) == 6
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    assert len({t.user_attrs["sweeps.worker"] for t in counted}) == 2  # both took trials
+    cfg = compose("quickstart", "sweep.name=shared", store=tmp_path / "sweeps-store")
+    tracker = open_tracker(cfg)
+    try:
+        runs = tracker.trial_runs("shared")
+    finally:
+        tracker.close()
+    assert sorted(int(r["tags"]["sweeps.trial_number"]) for r in runs) == sorted(
+        t.number for t in counted
+    )

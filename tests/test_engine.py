@@ -222,3 +222,24 @@ def test_trial_of_a_dead_local_worker_is_failed_and_retried(store):
     assert study.trials[ghost.number].state == TrialState.FAIL
     assert _count(study, TrialState.RUNNING) == 0
     assert _count(study, TrialState.COMPLETE) == 3
+
+
+def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
+    from sweeps.engine import Engine
+    from sweeps.storage import make_pruner, make_sampler
+
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=1", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    study = _study(cfg)
+    tracker = open_tracker(cfg)
+    try:
+        engine = Engine(cfg, storage=study._storage, tracker=tracker, trainer=FakeTrainer(),
+                        sampler=make_sampler(cfg.sweep, cfg.space, 0),
+                        pruner=make_pruner(cfg.sweep, 1))  # fmt: skip
+        # Another worker saw one trial left and asked just after this one did.
+        assert engine.run_one() == "SURPLUS"
+        late = study.trials[-1]
+        assert late.state == TrialState.FAIL and late.user_attrs["sweeps.spurious"]
+        assert engine._counts()[0] == 2  # it does not count towards sweep.n_trials
+    finally:
+        tracker.close()

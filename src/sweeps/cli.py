@@ -139,7 +139,7 @@ def _guarded(command: str, cfg, task, debug: bool) -> None:
     """Runs a command; known errors become one line and an exit code, never a traceback."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweeps.errors import SweepsError, one_line
+    from sweeps.errors import SweepsError, mask_url, one_line
 
     try:
         task(cfg)
@@ -154,13 +154,15 @@ def _guarded(command: str, cfg, task, debug: bool) -> None:
         if debug:
             raise
         fail(_omegaconf_message(exc))
-    except ValueError as exc:  # model and data builders raise ValueError subclasses
+    except Exception as exc:
         from sweeps.data import DataError
         from sweeps.models import ModelConfigError
 
-        if debug or not isinstance(exc, (DataError, ModelConfigError)):
+        if debug:
             raise
-        fail(one_line(exc).split(": ", 1)[-1] if "Error: " in one_line(exc) else str(exc))
+        if isinstance(exc, (DataError, ModelConfigError)):  # their messages are one line
+            fail(mask_url(" ".join(str(exc).split())))
+        fail(f"{one_line(exc)} (run again with --debug for the traceback)", 1)
 
 
 def _omegaconf_message(exc: Exception) -> str:

@@ -192,7 +192,8 @@ class Engine:
                     log.info("sweep.timeout of %ss reached; not starting more trials", timeout)
                     break
                 state = self.run_one()
-                summary.ran[state] = summary.ran.get(state, 0) + 1
+                if state != "SURPLUS":
+                    summary.ran[state] = summary.ran.get(state, 0) + 1
                 self._recover_dead()
         except Interrupted as exc:
             summary.interrupted = exc
@@ -225,9 +226,7 @@ class Engine:
                 running += 1
             elif t.state == TrialState.WAITING:
                 waiting += 1
-            elif t.state == TrialState.FAIL and (
-                t.number in self._retried_numbers or t.user_attrs.get("sweeps.spurious")
-            ):
+            elif self._excluded(t):
                 continue
             else:
                 done += 1
@@ -267,6 +266,11 @@ class Engine:
     def run_one(self) -> str:
         """Asks for a trial, runs it and records its end; returns the Optuna state name."""
         trial = self.study.ask()
+        if self._surplus(trial):
+            trial.set_user_attr("sweeps.spurious", True)
+            trial.set_user_attr("sweeps.reason", "surplus: another worker started the last trial")
+            self.study.tell(trial, state=_state("FAIL"))
+            return "SURPLUS"
         trial.set_user_attr(WORKER_ATTR, worker_id())
         if trial.user_attrs.get("sweeps.reason"):  # a retry inherits its original's attrs
             trial.set_user_attr("sweeps.reason", "")
@@ -307,6 +311,32 @@ class Engine:
                 return "PRUNED"
             self._fail(trial, handle, _reason(exc))
             return "FAIL"
+
+    def _surplus(self, trial: Any) -> bool:
+        """Whether a fresh search trial lies beyond ``sweep.n_trials``.
+
+        Two workers can both see one trial left and both ask; the storage numbers trials
+        atomically, so the later number is the surplus one. Queued trials (retries) never are.
+        """
+        if self.cfg.sweep.mode != "search":
+            return False
+        attrs = _frozen(trial).system_attrs
+        if "fixed_params" in attrs or "failed_trial" in attrs:
+            return False
+        self._counts()
+        earlier = [
+            t for t in self.study.get_trials(deepcopy=False)
+            if t.number < trial.number and not self._excluded(t)
+        ]  # fmt: skip
+        return len(earlier) >= self.cfg.sweep.n_trials
+
+    def _excluded(self, t: Any) -> bool:
+        """Failed trials that were retried, and surplus trials, do not count."""
+        from optuna.trial import TrialState
+
+        return t.state == TrialState.FAIL and (
+            t.number in self._retried_numbers or bool(t.user_attrs.get("sweeps.spurious"))
+        )
 
     def _spec(self, trial: Any) -> TrialSpec:
         if self.cfg.sweep.mode == "ablation":
