@@ -243,3 +243,28 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
         assert engine._counts()[0] == 2  # it does not count towards sweep.n_trials
     finally:
         tracker.close()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
+def test_every_sampler_runs_a_study(store, sampler):
+    # The grid needs finite values: keep the quickstart's choices, drop its continuous ones.
+    finite = ("~space.model.leaky_alpha", "~space.model.dense_dropout",
+              "~space.train.learning_rate", "space.model.depth='int(1, 2)'")  # fmt: skip
+    extra = finite if sampler == "grid" else ()
+    cfg = compose("quickstart", f"sweep.sampler={sampler}", "sweep.n_trials=6",
+                  "sweep.startup_trials=2", "train.epochs=2", *extra, store=store)  # fmt: skip
+    run_study(cfg, trainer=FakeTrainer())
+    study = _study(cfg)
+    assert len(study.trials) == 6
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    if sampler == "grid":
+        combos = {tuple(sorted(t.params.items())) for t in study.trials}
+        assert len(combos) == 6  # the grid never repeats a point
+
+
+def test_grid_with_a_continuous_range_is_refused(store):
+    from sweeps.errors import ConfigError
+
+    cfg = compose("quickstart", "sweep.sampler=grid", store=store)
+    with pytest.raises(ConfigError, match="grid sampler needs a finite set"):
+        run_study(cfg, trainer=FakeTrainer())

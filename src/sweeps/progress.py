@@ -6,12 +6,21 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 
 class ConsoleProgress:
     """Prints a line when a trial starts and ends, with the count and the best so far.
 
-    Keras's own per-epoch line appears between them (``train.verbose=2``).
+    Keras's own per-epoch line appears between them (``train.verbose=2``). On an interactive
+    terminal a progress bar over trials stays at the bottom; in logs and CI only the lines.
     """
 
     def __init__(self, study: str, metric: str, console: Console | None = None) -> None:
@@ -22,6 +31,8 @@ class ConsoleProgress:
         self.best: float | None = None
         self.maximize = metric.endswith("acc")
         self._t0: dict[int, float] = {}
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def note(self, text: str) -> None:
         self.console.print(f"[dim]{text}[/dim]")
@@ -30,6 +41,17 @@ class ConsoleProgress:
         self.total, self.done = total, done
         target = f"{total} trials" if total else "trials"
         self.console.print(f"[bold]study {self.study}[/bold]: {done} of {target} already done")
+        if self.console.is_terminal and total:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=self.console, transient=True,
+            )  # fmt: skip
+            self._task = self._bar.add_task(self._describe(), total=total, completed=done)
+            self._bar.start()
+
+    def _describe(self) -> str:
+        best = f"best {self.metric} {self.best:.4f}" if self.best is not None else "no result yet"
+        return f"{self.study}: {best}"
 
     def _count(self) -> str:
         return f"{self.done}/{self.total}" if self.total else str(self.done)
@@ -54,9 +76,13 @@ class ConsoleProgress:
             f"[{color}]trial {number} {state}[/{color}]{shown}{extra} in {secs:.0f}s"
             f" [{self._count()}]{best}"
         )
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=self._describe())
 
     def stop(self) -> None:
-        pass
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def summary(self, summary: Any, study: Any) -> None:
         from optuna.trial import TrialState
