@@ -43,3 +43,15 @@ def test_public_keys_exist_with_documented_defaults():
     assert cfg.sweep.name == "quickstart"  # defaults to the study's name
     assert (cfg.sweep.sampler, cfg.sweep.pruner, cfg.sweep.mode) == ("tpe", "median", "search")
     assert compose("quickstart", "sweep.name=other").sweep.name == "other"
+
+
+def test_passwords_are_masked_in_the_trial_config_artifact():
+    from sweeps.errors import mask_config
+
+    cfg = {"storage": {"url": "postgresql://bob:hunter2@db:5432/sweeps"}, "seed": 1,
+           "tracking": {"uri": "http://user:pw@mlflow:5000"}, "list": ["mysql://a:b@h/d"]}  # fmt: skip
+    masked = mask_config(cfg)
+    text = repr(masked)
+    assert "hunter2" not in text and ":pw@" not in text and ":b@" not in text
+    assert masked["storage"]["url"] == "postgresql://bob:***@db:5432/sweeps"
+    assert masked["seed"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 
 class SweepsError(Exception):
@@ -41,6 +42,15 @@ _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^
 def mask_url(text: str) -> str:
     """Replaces the password of every ``scheme://user:password@host`` in ``text`` with ``***``."""
     return _PASSWORD_IN_URL.sub(r"\g<head>***\g<at>", str(text))
+
+
+def mask_config(node: Any) -> Any:
+    """A copy of a config tree with the password of every URL in it masked."""
+    if isinstance(node, dict):
+        return {k: mask_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [mask_config(v) for v in node]
+    return mask_url(node) if isinstance(node, str) else node
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.errors import TrialFailed
+from sweeps.errors import TrialFailed, mask_config
 from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.trainer")
@@ -199,7 +199,7 @@ def write_artifacts(spec: TrialSpec, model: Any, history: list[dict[str, float]]
         report = out / "classification_report.json"
         report.write_text(json.dumps(per_class, indent=2))
         config = out / "config.yaml"
-        config.write_text(yaml.safe_dump(spec.config, sort_keys=False))
+        config.write_text(yaml.safe_dump(mask_config(spec.config), sort_keys=False))
         files += [(curves, "plots"), (cm, "plots"), (report, None), (config, None)]
     except OSError as exc:
         raise TrialFailed(f"could not write the trial's artifacts in {out}: {exc.strerror or exc}")
