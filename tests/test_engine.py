@@ -268,3 +268,12 @@ def test_grid_with_a_continuous_range_is_refused(store):
     cfg = compose("quickstart", "sweep.sampler=grid", store=store)
     with pytest.raises(ConfigError, match="grid sampler needs a finite set"):
         run_study(cfg, trainer=FakeTrainer())
+
+
+def test_search_and_ablation_on_one_study_name_count_separately(store):
+    common = ("train.epochs=1", "data.root=unused")
+    cfg = compose("age_gap", "sweep.mode=ablation", "sweep.repeats=1", *common, store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    trainer = FakeTrainer()
+    run_study(compose("age_gap", "sweep.n_trials=3", *common, store=store), trainer=trainer)
+    assert len(trainer.specs) == 3 and all(s.variant is None for s in trainer.specs)

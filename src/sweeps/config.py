@@ -136,10 +136,13 @@ def load(raw: Mapping[str, Any], study: str = "") -> RunConfig:
         ConfigError: on an unknown key, an unknown name or an impossible value.
     """
     raw = copy.deepcopy(dict(raw))
-    known = {"data", "model", "train", "sweep", "storage", "tracking", "seed", "store_dir"}
-    unknown = sorted(set(raw) - known - {"space", "ablation"})
+    known = {"data", "model", "train", "sweep", "storage", "tracking", "seed", "store_dir",
+             "space", "ablation", "report"}  # fmt: skip
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown top-level key '{unknown[0]}'; valid: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown top-level key '{unknown[0]}'; valid: {', '.join(sorted(known))}"
+        )
     sweep = parse_section(SweepConfig, raw.get("sweep"), "sweep")
     if not sweep.name:
         if not study:

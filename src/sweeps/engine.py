@@ -222,6 +222,8 @@ class Engine:
         }
         done = running = waiting = 0
         for t in trials:
+            if self._other_mode(t):
+                continue
             if t.state == TrialState.RUNNING:
                 running += 1
             elif t.state == TrialState.WAITING:
@@ -331,12 +333,18 @@ class Engine:
         return len(earlier) >= self.cfg.sweep.n_trials
 
     def _excluded(self, t: Any) -> bool:
-        """Failed trials that were retried, and surplus trials, do not count."""
+        """Failed trials that were retried, surplus trials and the other mode's do not count."""
         from optuna.trial import TrialState
 
-        return t.state == TrialState.FAIL and (
+        return self._other_mode(t) or (t.state == TrialState.FAIL and (
             t.number in self._retried_numbers or bool(t.user_attrs.get("sweeps.spurious"))
-        )
+        ))  # fmt: skip
+
+    def _other_mode(self, t: Any) -> bool:
+        """An ablation trial seen by a search, or the reverse: one study name holds both."""
+        fixed = t.system_attrs.get("fixed_params") or {}
+        is_ablation = VARIANT_PARAM in t.params or VARIANT_PARAM in fixed
+        return is_ablation != (self.cfg.sweep.mode == "ablation")
 
     def _spec(self, trial: Any) -> TrialSpec:
         if self.cfg.sweep.mode == "ablation":
@@ -458,10 +466,10 @@ class _Heartbeat:
     """Records the trial's heartbeat in a thread, for storages that support it."""
 
     def __init__(self, storage: Any, trial_id: int) -> None:
-        from optuna.storages._heartbeat import BaseHeartbeat
+        from optuna.storages._heartbeat import is_heartbeat_enabled
 
         self.storage, self.trial_id = storage, trial_id
-        self.enabled = isinstance(storage, BaseHeartbeat) and storage.is_heartbeat_enabled()
+        self.enabled = is_heartbeat_enabled(storage)
         self._stop = threading.Event()
 
     def __enter__(self) -> _Heartbeat:

@@ -243,6 +243,19 @@ class Tracker:
         """``(step, value)`` pairs of one metric."""
         return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
 
+    def download_artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
+        """Downloads one artifact of a run into ``dst``; None when the run does not have it."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: noise
+        try:
+            return Path(self._client.download_artifacts(run_id, path, str(dst)))
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            log.info("no artifact %s in run %s: %s", path, run_id, mask_url(str(exc))[:200])
+            return None
+
+    def log_artifact_now(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        """Uploads one file at once, bypassing the queue, so the caller sees any failure."""
+        self._client.log_artifact(run_id, str(path), artifact_path)
+
     # -- queue -------------------------------------------------------------------------------
 
     def _put(self, name: str, *args: Any, on_done: Callable[[], None] | None = None) -> None:

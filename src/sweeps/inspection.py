@@ -1,0 +1,353 @@
+"""Seeing inside the best trial's model, from its checkpoint: what seeds 002-004 drew by hand.
+
+- Activation maps of every conv and pooling layer for one test image (seeds 002, 004).
+- Filter patterns: the input each of a few filters responds to most, found by gradient ascent
+  from a grey image with faint noise, gradients normalised by their RMS + 1e-5 (seed 004).
+- Grids of correctly and wrongly classified test images (seed 003).
+
+Runs at the end of ``report`` with ``report.inspect=true``; TensorFlow is imported here only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+
+from sweeps.config import RunConfig
+from sweeps.engine import RUN_ID_ATTR
+from sweeps.errors import SweepsError, one_line
+
+if TYPE_CHECKING:
+    import keras
+
+    from sweeps.report import ReportOptions
+
+CHECKPOINT = "checkpoint/best.keras"  # where the trainer logs the best epoch's model
+MAX_TEST_IMAGES = 1000  # predicted for the example grids; enough to find wrong ones
+_POOLS = ("MaxPooling2D", "AveragePooling2D")
+_ACTIVATIONS = ("ReLU", "PReLU", "LeakyReLU", "Activation")
+# transfer.py maps [0, 1] RGB to VGG's input with a frozen 1x1 conv of this name: not a filter.
+_PREPROCESS = "vgg_preprocess"
+
+
+def inspect_best(
+    cfg: RunConfig,
+    study: Any,
+    tracker: Any | None,
+    out: Path,
+    options: ReportOptions,
+    console: Console,
+) -> list[Path]:
+    """Draws every figure for the study's best trial into ``out``; returns the files.
+
+    Skips (saying why, returning []) when there is no checkpoint or the data cannot be loaded.
+    """
+    best = study.best_trial
+    model = _load_checkpoint(best, tracker, console)
+    if model is None:
+        return []
+    from sweeps.data import DataError
+    from sweeps.runner import load_data
+
+    try:
+        data = load_data(cfg)
+    except (SweepsError, DataError) as exc:
+        console.print(
+            f"[yellow]inspect skipped[/yellow]: the data cannot be loaded ({one_line(exc)})"
+        )
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    x, y = sample_test_images(model, data.test, MAX_TEST_IMAGES)
+    pred = predict_classes(model, x)
+    console.print(
+        f"inspecting trial {best.number} ({_trial_label(best)}): test accuracy of the "
+        f"checkpoint on {len(y)} test images {np.mean(pred == y):.4f}"
+    )
+    paths = activation_grids(model, x[0], out, options.maps_per_layer)
+    layers = options.inspect_layers or pattern_layers(model)
+    paths += _patterns(model, layers, out, options, console)
+    names = data.class_names
+    paths += example_grid(
+        x, y, pred, names, pred == y, "correctly classified", out / "correct.png", options.examples
+    )
+    paths += example_grid(
+        x, y, pred, names, pred != y, "wrongly classified", out / "wrong.png", options.examples
+    )
+    return paths
+
+
+def _trial_label(trial: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "no parameters"
+
+
+def _load_checkpoint(trial: Any, tracker: Any | None, console: Console) -> keras.Model | None:
+    import keras
+
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if tracker is None or not run_id:
+        console.print(f"[yellow]inspect skipped[/yellow]: trial {trial.number} has no MLflow run")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.download_artifact(run_id, CHECKPOINT, Path(tmp))
+        if path is None:
+            console.print(
+                f"[yellow]inspect skipped[/yellow]: run {run_id} of trial "
+                f"{trial.number} has no {CHECKPOINT} (tracking.log_checkpoint=false?)"
+            )
+            return None
+        return keras.saving.load_model(path, compile=False, safe_mode=True)  # no optimizer needed
+
+
+# -- test images ------------------------------------------------------------------------------
+
+
+def sample_test_images(model: keras.Model, split: Any, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` test images spread over the split, prepared as the trainer feeds them."""
+    from sweeps.data import Split, make_dataset
+
+    idx = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).astype(int))
+    h, w, c = model.input_shape[1:]
+    ds = make_dataset(
+        Split(split.x[idx], split.y[idx]), batch_size=128, image_size=(h, w), channels=c
+    )
+    batches = [(xb.numpy(), yb.numpy()) for xb, yb in ds]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def predict_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Class indices: one sigmoid output is thresholded at 0.5, a softmax is arg-maxed."""
+    probs = model.predict(x, verbose=0)
+    return (probs[:, 0] > 0.5).astype(int) if probs.shape[1] == 1 else probs.argmax(axis=1)
+
+
+# -- walking the model --------------------------------------------------------------------------
+
+
+def walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    """Every layer in call order, nested models (the VGG base) opened as ``base/layer``."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            yield from walk(layer, f"{prefix}{layer.name}/")
+        else:
+            yield f"{prefix}{layer.name}", layer
+
+
+def feature_model(
+    model: keras.Model, names: Sequence[str], input_shape: tuple[int, ...] | None = None
+) -> keras.Model:
+    """A model from a fresh input to the named layers' outputs, sharing ``model``'s weights.
+
+    The layers are applied again in call order, so nested layers are reachable and the input
+    may have another spatial size (convolutions take any). That assumes a plain chain of
+    layers, which is what every builder in sweeps.models makes.
+
+    Raises:
+        ValueError: a name that is not a layer of the model.
+    """
+    import keras
+
+    layers = list(walk(model))
+    missing = [n for n in names if n not in dict(layers)]
+    if missing:
+        valid = ", ".join(n for n, _ in layers)
+        raise ValueError(f"no layer {', '.join(missing)} in the model; its layers: {valid}")
+    x = inputs = keras.Input(shape=input_shape or model.input_shape[1:])
+    found: dict[str, Any] = {}
+    for name, layer in layers:
+        if len(found) == len(set(names)):
+            break  # later layers (Flatten, Dense) would not take another input size
+        x = layer(x)
+        if name in names:
+            found[name] = x
+    outputs = [found[n] for n in names]
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0])
+
+
+def activation_layers(model: keras.Model) -> list[str]:
+    """Layers whose output is a feature map after its non-linearity: activations, pooling, and
+    convolutions with a built-in activation (VGG's)."""
+    names = []
+    for name, layer in walk(model):
+        kind = type(layer).__name__
+        builtin = kind == "Conv2D" and getattr(layer.activation, "__name__", "") != "linear"
+        if (kind in _ACTIVATIONS + _POOLS or builtin) and len(layer.output.shape) == 4:
+            names.append(name)
+    return names
+
+
+def pattern_layers(model: keras.Model) -> list[str]:
+    """The first convolution of each block: after the input or after a pooling layer."""
+    names, after_pool = [], True
+    for name, layer in walk(model):
+        kind = type(layer).__name__
+        if kind == "Conv2D" and after_pool and not name.endswith(_PREPROCESS):
+            names.append(name)
+            after_pool = False
+        elif kind in _POOLS:
+            after_pool = True
+    return names
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _file(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _grid_figure(n: int, cols: int, cell: float = 1.3) -> tuple[Any, list[Any]]:
+    plt = _pyplot()
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows + 0.5), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat:
+        ax.set_axis_off()
+    return fig, flat[:n]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    _pyplot().close(fig)
+    return path
+
+
+def _visible(feature_map: np.ndarray) -> np.ndarray:
+    # Standardise, then spread around mid-grey, as the seed-002 post does for display.
+    x = feature_map - feature_map.mean()
+    x = x / (x.std() + 1e-5) * 64 + 128
+    return np.clip(x, 0, 255).astype("uint8")
+
+
+def activation_grids(model: keras.Model, image: np.ndarray, out: Path, maps: int) -> list[Path]:
+    """One PNG per feature-map layer: its first ``maps`` channels for one image."""
+    names = activation_layers(model)
+    if not names:
+        return []
+    outputs = feature_model(model, names)(image[None], training=False)
+    outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+    paths = []
+    for i, (name, act) in enumerate(zip(names, outputs, strict=True), start=1):
+        act = np.asarray(act)[0]
+        n = min(maps, act.shape[-1])
+        fig, axes = _grid_figure(n, cols=8)
+        for j, ax in enumerate(axes):
+            ax.imshow(_visible(act[..., j]), cmap="viridis")
+        fig.suptitle(f"{name} {'x'.join(map(str, act.shape))} (first {n} maps)", fontsize=9)
+        paths.append(_save(fig, out / f"activations_{i:02d}_{_file(name)}.png"))
+    return paths
+
+
+def filter_patterns(
+    model: keras.Model, layer: str, filters: int, steps: int, size: int, seed: int = 0
+) -> np.ndarray:
+    """The inputs that most excite the layer's first ``filters`` filters, as images in [0, 1].
+
+    Each starts from a grey image with faint noise (128 + U(0, 20) of 255) and climbs the mean
+    activation of its filter for ``steps`` steps of 1/255 along the gradient normalised by its
+    RMS + 1e-5, the recipe of Chollet's book that seed 004 follows.
+    """
+    import tensorflow as tf
+
+    channels = model.input_shape[-1]
+    extractor = feature_model(model, [layer], input_shape=(size, size, channels))
+    n = min(filters, extractor.output.shape[-1])
+    rng = np.random.default_rng(seed)
+    image = tf.Variable(
+        ((128 + 20 * rng.random((n, size, size, channels))) / 255).astype("float32")
+    )
+    # Row i of the mask picks filter i, so one batch climbs n filters at once, independently.
+    mask = tf.one_hot(tf.range(n), extractor.output.shape[-1])
+
+    @tf.function
+    def step() -> None:
+        with tf.GradientTape() as tape:
+            act = extractor(image, training=False)
+            loss = tf.reduce_sum(tf.reduce_mean(act, axis=(1, 2)) * mask)
+        grads = tape.gradient(loss, image)
+        grads /= tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True)) + 1e-5
+        image.assign_add(grads / 255.0)
+
+    for _ in range(steps):
+        step()
+    return np.stack([_deprocess(x) for x in image.numpy()])
+
+
+def _deprocess(x: np.ndarray) -> np.ndarray:
+    x = (x - x.mean()) / (x.std() + 1e-5) * 0.1 + 0.5
+    return np.clip(x, 0, 1)
+
+
+def _patterns(
+    model: keras.Model, layers: Sequence[str], out: Path, options: ReportOptions, console: Console
+) -> list[Path]:
+    paths = []
+    for name in layers:
+        try:
+            patterns = filter_patterns(
+                model, name, options.filters_per_layer, options.filter_steps, options.pattern_size
+            )
+        except ValueError as exc:  # an unknown layer, or a map that collapses at this size
+            console.print(f"[yellow]filter patterns of {name} skipped[/yellow]: {one_line(exc)}")
+            continue
+        fig, axes = _grid_figure(len(patterns), cols=8, cell=1.6)
+        for j, ax in enumerate(axes):
+            _show(ax, patterns[j])
+            ax.set_title(f"filter {j}", fontsize=7)
+        fig.suptitle(
+            f"{name}: filter patterns ({options.filter_steps} steps of gradient ascent)", fontsize=9
+        )
+        paths.append(_save(fig, out / f"filters_{_file(name)}.png"))
+    return paths
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(image, 0, 1))
+
+
+def example_grid(
+    x: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    class_names: Sequence[str],
+    chosen: np.ndarray,
+    title: str,
+    path: Path,
+    n: int,
+) -> list[Path]:
+    """Up to ``n`` of the chosen test images titled "true -> predicted"; [] when none."""
+    idx = np.flatnonzero(chosen)[:n]
+    if idx.size == 0:
+        return []
+    fig, axes = _grid_figure(idx.size, cols=5, cell=1.8)
+    for ax, i in zip(axes, idx, strict=True):
+        _show(ax, x[i])
+        ax.set_title(f"{class_names[y[i]]} -> {class_names[pred[i]]}", fontsize=7)
+    fig.suptitle(
+        f"{title}: {int(chosen.sum())} of {len(y)} test images (true -> predicted)", fontsize=9
+    )
+    return [_save(fig, path)]
