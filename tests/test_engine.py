@@ -277,3 +277,25 @@ def test_search_and_ablation_on_one_study_name_count_separately(store):
     trainer = FakeTrainer()
     run_study(compose("age_gap", "sweep.n_trials=3", *common, store=store), trainer=trainer)
     assert len(trainer.specs) == 3 and all(s.variant is None for s in trainer.specs)
+
+
+def test_last_worker_waits_for_a_trial_whose_worker_then_dies(store):
+    """Nothing left to start but another worker's trial runs: wait; when it dies, retry it."""
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=1", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        ghost = _study(cfg).ask(
+            {"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])}
+        )
+        ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{other.pid}")
+        trainer = FakeTrainer()
+        cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=1", store=store)
+        run_study(cfg, trainer=trainer)  # waits, sees the process gone, runs the retry
+    finally:
+        other.wait()
+    study = _study(cfg)
+    assert study.trials[ghost.number].state == TrialState.FAIL
+    assert _count(study, TrialState.RUNNING) == 0
+    assert _count(study, TrialState.COMPLETE) == 3
+    assert len(trainer.specs) == 1 and trainer.specs[0].params["model.kernel_size"] in (3, 5)

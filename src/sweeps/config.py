@@ -55,6 +55,9 @@ class SweepConfig:
     startup_trials: int = 5
     warmup_epochs: int = 1
     repeats: int = 3
+    # None: derived from `seed` and the worker process, so that workers sharing a study do
+    # not all sample the same points; an int replays one worker's sequence exactly.
+    sampler_seed: int | None = None
     allow_space_change: bool = False
 
     @property

@@ -102,6 +102,7 @@ class Engine:
                 max_retry=cfg.storage.max_retries
             )
         self._retried_numbers: set[int] = set()
+        self._waiting_said = False
         self._check_signature()
         self.parent_run = tracker.parent_run(cfg.sweep.name, self._common_tags())
         if self.study.user_attrs.get("mlflow_parent_run_id") != self.parent_run:
@@ -185,15 +186,18 @@ class Engine:
         try:
             while True:
                 done, running, waiting = self._counts()
-                if self._finished(done, running, waiting):
-                    break
                 timeout = self.cfg.sweep.timeout
                 if timeout is not None and time.monotonic() - started > timeout:
                     log.info("sweep.timeout of %ss reached; not starting more trials", timeout)
                     break
-                state = self.run_one()
-                if state != "SURPLUS":
-                    summary.ran[state] = summary.ran.get(state, 0) + 1
+                if self._has_work(done, running, waiting):
+                    state = self.run_one()
+                    if state != "SURPLUS":
+                        summary.ran[state] = summary.ran.get(state, 0) + 1
+                elif running:
+                    self._wait_for_others(running)
+                else:
+                    break
                 self._recover_dead()
         except Interrupted as exc:
             summary.interrupted = exc
@@ -234,10 +238,21 @@ class Engine:
                 done += 1
         return done, running, waiting
 
-    def _finished(self, done: int, running: int, waiting: int) -> bool:
-        if self.cfg.sweep.mode == "ablation":
-            return waiting == 0
-        return done + running >= self.cfg.sweep.n_trials and waiting == 0
+    def _has_work(self, done: int, running: int, waiting: int) -> bool:
+        if waiting or self.cfg.sweep.mode == "ablation":
+            return bool(waiting)
+        return done + running < self.cfg.sweep.n_trials
+
+    def _wait_for_others(self, running: int) -> None:
+        """Nothing left to start, but other workers' trials run: wait for them to end.
+
+        One of them may belong to a dead worker; it is failed and retried here once its
+        heartbeat is stale (or its process is gone), so no trial is left RUNNING.
+        """
+        if not self._waiting_said:
+            log.info("waiting for %d running trial(s) of other workers", running)
+            self._waiting_said = True
+        time.sleep(min(5.0, float(self.cfg.storage.heartbeat_interval)))
 
     def _recover_dead(self) -> None:
         """Fails and retries trials whose worker died (heartbeat or local process check)."""
@@ -247,7 +262,9 @@ class Engine:
         if isinstance(storage, optuna.storages.JournalStorage):
             fail_dead_local_trials(self.study, self.on_dead_trial)
         else:
-            optuna.storages.fail_stale_trials(self.study)  # calls on_dead_trial per trial
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # marked experimental
+                optuna.storages.fail_stale_trials(self.study)  # calls on_dead_trial per trial
 
     def on_dead_trial(self, study: Any, trial: Any) -> None:
         """A trial's worker died: end its MLflow run as FAILED and enqueue its retry."""
@@ -267,7 +284,9 @@ class Engine:
 
     def run_one(self) -> str:
         """Asks for a trial, runs it and records its end; returns the Optuna state name."""
-        trial = self.study.ask()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is meant for Study.optimize": ours
+            trial = self.study.ask()
         if self._surplus(trial):
             trial.set_user_attr("sweeps.spurious", True)
             trial.set_user_attr("sweeps.reason", "surplus: another worker started the last trial")

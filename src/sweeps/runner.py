@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,10 @@ def data_info(data: Any) -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """The commit of the sweeps checkout that runs, or '' when it is not a git checkout."""
+    """The commit of the sweeps code that runs: ``SWEEPS_GIT_COMMIT`` (set when the worker
+    image is built), else the checkout's HEAD, else ''."""
+    if os.environ.get("SWEEPS_GIT_COMMIT"):
+        return os.environ["SWEEPS_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
@@ -53,6 +58,15 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def sampler_seed(cfg: RunConfig) -> int:
+    """``sweep.sampler_seed``, else one derived from ``seed`` and this worker process."""
+    if cfg.sweep.sampler_seed is not None:
+        return cfg.sweep.sampler_seed
+    from sweeps.storage import worker_id
+
+    return (cfg.seed * 1_000_003 + zlib.crc32(worker_id().encode())) % 2**31
 
 
 def open_tracker(cfg: RunConfig) -> Any:
@@ -98,7 +112,7 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
             trainer = _keras_trainer(cfg, data)
         engine = Engine(
             cfg, storage=storage, tracker=tracker, trainer=trainer,
-            sampler=make_sampler(cfg.sweep, cfg.space, cfg.seed),
+            sampler=make_sampler(cfg.sweep, cfg.space, sampler_seed(cfg)),
             pruner=make_pruner(cfg.sweep, cfg.train.epochs), data_info=info,
             progress=progress, git_commit=git_commit(),
         )  # fmt: skip
@@ -112,6 +126,10 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
 
 
 def _keras_trainer(cfg: RunConfig, data: Any) -> Any:
+    if cfg.train.subprocess:
+        from sweeps.isolated import SubprocessTrainer
+
+        return SubprocessTrainer(data)  # each trial's process sets TensorFlow up itself
     from sweeps.trainer import KerasTrainer, configure_tensorflow
 
     configure_tensorflow(cfg.train.threads, cfg.train.mixed_precision)

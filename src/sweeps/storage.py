@@ -9,7 +9,9 @@ storage has no heartbeats: a dead local worker is found by its process id instea
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -66,21 +68,41 @@ def open_storage(
     if url.startswith(("postgresql", "mysql")):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat is marked experimental
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=cfg.heartbeat_interval,
-                grace_period=cfg.grace_period,
-                heartbeat_stale_trial_callback=failed_trial_callback,
-            )
+        return _rdb_storage(url, cfg, engine_kwargs, failed_trial_callback)
     except Exception as exc:
         raise StorageUnreachable(
             f"Optuna storage {mask_url(url)} is unreachable ({type(exc).__name__}: "
             f"{mask_url(str(exc)).splitlines()[0][:160]}); check storage.url and that the "
             "database is running"
         ) from None
+
+
+def _rdb_storage(url: str, cfg: StorageConfig, engine_kwargs: dict[str, Any],
+                 failed_trial_callback: FailedTrialCallback, attempts: int = 5) -> Any:  # fmt: skip
+    """RDBStorage, retried while other workers create the schema of an empty database.
+
+    Workers started together (``docker compose up --scale worker=N``) all try to create
+    Optuna's tables; PostgreSQL lets one win and fails the others with a duplicate table or
+    type. Those succeed on a second try, once the tables exist.
+    """
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeat is marked experimental
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=cfg.heartbeat_interval,
+                    grace_period=cfg.grace_period,
+                    heartbeat_stale_trial_callback=failed_trial_callback,
+                )
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt + random.random() * 0.5)
 
 
 def fail_dead_local_trials(study: Any, callback: FailedTrialCallback) -> int:
@@ -116,7 +138,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) runs nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:

@@ -83,6 +83,9 @@ class Tracker:
     # -- connection ------------------------------------------------------------------------
 
     def _connect(self, timeout: float):
+        # MLflow prints a "View run ... at" line for every run it ends; the progress lines
+        # already say what ended.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if self.uri.startswith(("http://", "https://")):
             # MLflow's own HTTP retries would take minutes; this queue does the retrying.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
