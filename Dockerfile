@@ -1,5 +1,5 @@
 # A sweep worker: `python -m sweeps run +study=NAME storage=postgres tracking=server`.
-#   docker compose build && docker compose up -d --scale worker=2   (see docs/scale-out.md)
+#   docker compose build && docker compose up -d --scale worker=2   (see README.md, "Scale out")
 # TensorFlow's CUDA image brings Python 3.11, TensorFlow and the CUDA and cuDNN libraries;
 # the host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
 ARG BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu
