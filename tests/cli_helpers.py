@@ -15,8 +15,9 @@ def sweeps_cmd(*args: str) -> list[str]:
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     """Runs ``python -m sweeps ARGS`` in ``cwd`` and returns the completed process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    return subprocess.run(sweeps_cmd(*args), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)  # fmt: skip
+    return subprocess.run(
+        sweeps_cmd(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 def error_line(proc) -> str:

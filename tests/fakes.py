@@ -20,8 +20,10 @@ def default_curve(spec: TrialSpec) -> list[float]:
     real signal (bigger kernel and lower dropout do better here).
     """
     kwargs = spec.model_kwargs
-    ceiling = 0.6 + 0.05 * int(kwargs.get("kernel_size", 3)) - 0.3 * float(
-        kwargs.get("dense_dropout", 0.0)
+    ceiling = (
+        0.6
+        + 0.05 * int(kwargs.get("kernel_size", 3))
+        - 0.3 * float(kwargs.get("dense_dropout", 0.0))
     )
     ceiling = min(max(ceiling, 0.15), 0.99)
     return [ceiling * (1 - math.exp(-(e + 1) / 2)) for e in range(spec.train.epochs)]
@@ -37,8 +39,13 @@ class FakeTrainer:
         write_artifacts: Writes a small file per trial into the trial's workdir.
     """
 
-    def __init__(self, curve: Curve = default_curve, fail_when=None, epoch_seconds: float = 0.0,
-                 write_artifacts: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        curve: Curve = default_curve,
+        fail_when=None,
+        epoch_seconds: float = 0.0,
+        write_artifacts: bool = True,
+    ) -> None:
         self.curve, self.fail_when = curve, fail_when
         self.epoch_seconds = epoch_seconds
         self.write_artifacts = write_artifacts
@@ -53,8 +60,12 @@ class FakeTrainer:
         for epoch, acc in enumerate(self.curve(spec), start=1):
             time.sleep(self.epoch_seconds)
             self.epochs_run += 1
-            metrics = {"train_loss": 1 - acc * 0.9, "train_acc": min(acc + 0.02, 1.0),
-                       "val_loss": 1 - acc, "val_acc": acc}  # fmt: skip
+            metrics = {
+                "train_loss": 1 - acc * 0.9,
+                "train_acc": min(acc + 0.02, 1.0),
+                "val_loss": 1 - acc,
+                "val_acc": acc,
+            }
             history.append(metrics)
             report(epoch, metrics)
         best = max(range(len(history)), key=lambda i: history[i]["val_acc"])

@@ -10,11 +10,14 @@ from conftest import compose, compose_raw
 
 
 def test_help_lists_commands_without_importing_tensorflow(tmp_path):
-    code = ("import sys; from sweeps.cli import main; main(['--help']); "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'; "
-            "assert 'mlflow' not in sys.modules")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=60)  # fmt: skip
+    code = (
+        "import sys; from sweeps.cli import main; main(['--help']); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'; "
+        "assert 'mlflow' not in sys.modules"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     for command in ("run", "plan", "report", "sweep.n_trials", "storage.url", "tracking.uri"):
         assert command in out.stdout
@@ -34,9 +37,20 @@ def test_hydra_cfg_flag_prints_the_composed_config(tmp_path):
 
 def test_public_keys_exist_with_documented_defaults():
     raw = compose_raw("quickstart")
-    for dotted in ("data.root", "train.epochs", "train.batch_size", "sweep.n_trials",
-                   "sweep.timeout", "sweep.name", "sweep.sampler", "sweep.pruner", "sweep.mode",
-                   "storage.url", "tracking.uri", "seed"):  # fmt: skip
+    for dotted in (
+        "data.root",
+        "train.epochs",
+        "train.batch_size",
+        "sweep.n_trials",
+        "sweep.timeout",
+        "sweep.name",
+        "sweep.sampler",
+        "sweep.pruner",
+        "sweep.mode",
+        "storage.url",
+        "tracking.uri",
+        "seed",
+    ):
         section, _, key = dotted.partition(".")
         assert (key in raw[section]) if key else (section in raw), dotted
     cfg = compose("quickstart")
@@ -48,8 +62,12 @@ def test_public_keys_exist_with_documented_defaults():
 def test_passwords_are_masked_in_the_trial_config_artifact():
     from sweeps.errors import mask_config
 
-    cfg = {"storage": {"url": "postgresql://bob:hunter2@db:5432/sweeps"}, "seed": 1,
-           "tracking": {"uri": "http://user:pw@mlflow:5000"}, "list": ["mysql://a:b@h/d"]}  # fmt: skip
+    cfg = {
+        "storage": {"url": "postgresql://bob:hunter2@db:5432/sweeps"},
+        "seed": 1,
+        "tracking": {"uri": "http://user:pw@mlflow:5000"},
+        "list": ["mysql://a:b@h/d"],
+    }
     masked = mask_config(cfg)
     text = repr(masked)
     assert "hunter2" not in text and ":pw@" not in text and ":b@" not in text

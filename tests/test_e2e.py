@@ -34,9 +34,16 @@ def _artifacts(tracker, run_id):
 
 def test_quickstart_logs_every_trial_to_an_mlflow_server(tmp_path, mlflow_server):
     name = "quickstart-e2e"
-    proc = run_cli("run", "+study=quickstart", f"sweep.name={name}", "sweep.n_trials=4",
-                   "sweep.startup_trials=1", "train.epochs=3",
-                   f"tracking.uri={mlflow_server.uri}", cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "run",
+        "+study=quickstart",
+        f"sweep.name={name}",
+        "sweep.n_trials=4",
+        "sweep.startup_trials=1",
+        "train.epochs=3",
+        f"tracking.uri={mlflow_server.uri}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Epoch 1/3" in proc.stdout  # Keras's own per-epoch line
     assert "best" in proc.stdout and f"study {name}" in proc.stdout
@@ -61,9 +68,13 @@ def test_quickstart_logs_every_trial_to_an_mlflow_server(tmp_path, mlflow_server
             assert {"test_acc", "test_loss", "param_count"} <= set(run["metrics"])
             assert run["metrics"]["test_acc"] == pytest.approx(t.user_attrs["test_acc"])
             files = _artifacts(tracker, run["run_id"])
-            assert {"checkpoint/best.keras", "plots/learning_curves.png",
-                    "plots/confusion_matrix.png", "classification_report.json",
-                    "config.yaml"} <= files  # fmt: skip
+            assert {
+                "checkpoint/best.keras",
+                "plots/learning_curves.png",
+                "plots/confusion_matrix.png",
+                "classification_report.json",
+                "config.yaml",
+            } <= files
             assert run["tags"]["sweeps.data.source"] == "sklearn.load_digits"
             assert len(run["tags"]["sweeps.data.fingerprint"]) >= 8
     finally:
@@ -71,11 +82,19 @@ def test_quickstart_logs_every_trial_to_an_mlflow_server(tmp_path, mlflow_server
 
 
 def test_age_gap_on_a_messy_folder_skips_and_counts_broken_files(tmp_path, mlflow_server):
-    folder = make_image_folder(tmp_path / "lag", classes=("old", "young"), per_class=8,
-                               size=(60, 80), broken=5, odd=True)  # fmt: skip
-    proc = run_cli("run", "+study=age_gap", f"data.root={folder.root}", "train.epochs=2",
-                   "sweep.n_trials=2", f"tracking.uri={mlflow_server.uri}",
-                   "sweep.name=age_gap-e2e", cwd=tmp_path)  # fmt: skip
+    folder = make_image_folder(
+        tmp_path / "lag", classes=("old", "young"), per_class=8, size=(60, 80), broken=5, odd=True
+    )
+    proc = run_cli(
+        "run",
+        "+study=age_gap",
+        f"data.root={folder.root}",
+        "train.epochs=2",
+        "sweep.n_trials=2",
+        f"tracking.uri={mlflow_server.uri}",
+        "sweep.name=age_gap-e2e",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"skipped {folder.broken} unreadable files" in proc.stdout
     study = _study(tmp_path / "sweeps-store", "age_gap-e2e")
@@ -97,10 +116,25 @@ def test_two_local_workers_share_one_study(tmp_path):
 
     from cli_helpers import sweeps_cmd
 
-    args = ("run", "+study=quickstart", "sweep.name=shared", "sweep.n_trials=6",
-            "train.epochs=2", "train.threads=1", "train.verbose=0")  # fmt: skip
-    workers = [subprocess.Popen(sweeps_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    args = (
+        "run",
+        "+study=quickstart",
+        "sweep.name=shared",
+        "sweep.n_trials=6",
+        "train.epochs=2",
+        "train.threads=1",
+        "train.verbose=0",
+    )
+    workers = [
+        subprocess.Popen(
+            sweeps_cmd(*args),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in workers:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]

@@ -26,7 +26,9 @@ def _study(cfg):
 def _runs(cfg):
     tracker = open_tracker(cfg)
     try:
-        return {int(r["tags"]["sweeps.trial_number"]): r for r in tracker.trial_runs(cfg.sweep.name)}
+        return {
+            int(r["tags"]["sweeps.trial_number"]): r for r in tracker.trial_runs(cfg.sweep.name)
+        }
     finally:
         tracker.close()
 
@@ -41,8 +43,14 @@ def test_search_prunes_and_tracks_every_trial(store):
         base = default_curve(spec)
         return [v * 0.5 for v in base] if spec.number % 2 else base
 
-    cfg = compose("quickstart", "sweep.n_trials=10", "sweep.startup_trials=2",
-                  "sweep.warmup_epochs=1", "train.epochs=5", store=store)  # fmt: skip
+    cfg = compose(
+        "quickstart",
+        "sweep.n_trials=10",
+        "sweep.startup_trials=2",
+        "sweep.warmup_epochs=1",
+        "train.epochs=5",
+        store=store,
+    )
     trainer = FakeTrainer(curve)
     assert run_study(cfg, trainer=trainer) == 0
 
@@ -81,8 +89,14 @@ def test_search_prunes_and_tracks_every_trial(store):
 
 
 def test_conditional_parameter_only_with_its_activation(store):
-    cfg = compose("quickstart", "sweep.n_trials=12", "sweep.sampler=random",
-                  "sweep.pruner=none", "train.epochs=1", store=store)  # fmt: skip
+    cfg = compose(
+        "quickstart",
+        "sweep.n_trials=12",
+        "sweep.sampler=random",
+        "sweep.pruner=none",
+        "train.epochs=1",
+        store=store,
+    )
     run_study(cfg, trainer=FakeTrainer())
     for t in _study(cfg).get_trials(deepcopy=False):
         has_alpha = "model.leaky_alpha" in t.params
@@ -105,8 +119,9 @@ def test_resume_counts_n_trials_as_the_study_total(store):
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(store):
-    cfg = compose("quickstart", "sweep.n_trials=4", "sweep.sampler=random", "train.epochs=2",
-                  store=store)  # fmt: skip
+    cfg = compose(
+        "quickstart", "sweep.n_trials=4", "sweep.sampler=random", "train.epochs=2", store=store
+    )
     trainer = FakeTrainer(fail_when=lambda s: "boom on purpose" if s.number == 1 else None)
     run_study(cfg, trainer=trainer)
     study = _study(cfg)
@@ -211,8 +226,9 @@ def test_trial_of_a_dead_local_worker_is_failed_and_retried(store):
     cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=2", store=store)
     run_study(cfg, trainer=FakeTrainer())
     study = _study(cfg)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
     ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{dead}")
 
@@ -233,9 +249,14 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
     study = _study(cfg)
     tracker = open_tracker(cfg)
     try:
-        engine = Engine(cfg, storage=study._storage, tracker=tracker, trainer=FakeTrainer(),
-                        sampler=make_sampler(cfg.sweep, cfg.space, 0),
-                        pruner=make_pruner(cfg.sweep, 1))  # fmt: skip
+        engine = Engine(
+            cfg,
+            storage=study._storage,
+            tracker=tracker,
+            trainer=FakeTrainer(),
+            sampler=make_sampler(cfg.sweep, cfg.space, 0),
+            pruner=make_pruner(cfg.sweep, 1),
+        )
         # Another worker saw one trial left and asked just after this one did.
         assert engine.run_one() == "SURPLUS"
         late = study.trials[-1]
@@ -248,11 +269,22 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
 def test_every_sampler_runs_a_study(store, sampler):
     # The grid needs finite values: keep the quickstart's choices, drop its continuous ones.
-    finite = ("~space.model.leaky_alpha", "~space.model.dense_dropout",
-              "~space.train.learning_rate", "space.model.depth='int(1, 2)'")  # fmt: skip
+    finite = (
+        "~space.model.leaky_alpha",
+        "~space.model.dense_dropout",
+        "~space.train.learning_rate",
+        "space.model.depth='int(1, 2)'",
+    )
     extra = finite if sampler == "grid" else ()
-    cfg = compose("quickstart", f"sweep.sampler={sampler}", "sweep.n_trials=6",
-                  "sweep.startup_trials=2", "train.epochs=2", *extra, store=store)  # fmt: skip
+    cfg = compose(
+        "quickstart",
+        f"sweep.sampler={sampler}",
+        "sweep.n_trials=6",
+        "sweep.startup_trials=2",
+        "train.epochs=2",
+        *extra,
+        store=store,
+    )
     run_study(cfg, trainer=FakeTrainer())
     study = _study(cfg)
     assert len(study.trials) == 6

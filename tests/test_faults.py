@@ -169,8 +169,14 @@ def test_artifact_write_failure_fails_the_trial_only(tmp_path):
     blocker = tmp_path / "sweeps-store" / "work" / "quickstart" / "trial-0000"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("in the way")
-    proc = run_cli("run", "+study=quickstart", "train.epochs=1", "sweep.n_trials=2",
-                   "train.verbose=0", cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "run",
+        "+study=quickstart",
+        "train.epochs=1",
+        "sweep.n_trials=2",
+        "train.verbose=0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     trials = _trials(tmp_path / "sweeps-store")
     assert trials[0].state == TrialState.FAIL
@@ -191,8 +197,14 @@ def test_tracking_lost_mid_study_is_retried_and_flushed(tmp_path, mlflow_server)
                 mlflow_server.start()
             return super().run(spec, report)
 
-    cfg = compose("quickstart", f"sweep.name={name}", f"tracking.uri={mlflow_server.uri}",
-                  "sweep.n_trials=4", "train.epochs=2", store=tmp_path / "store")  # fmt: skip
+    cfg = compose(
+        "quickstart",
+        f"sweep.name={name}",
+        f"tracking.uri={mlflow_server.uri}",
+        "sweep.n_trials=4",
+        "train.epochs=2",
+        store=tmp_path / "store",
+    )
     try:
         assert run_study(cfg, trainer=Outage()) == 0
     finally:
@@ -216,8 +228,7 @@ def _wait_for_running_trial(store: Path, proc: subprocess.Popen, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        if any(t.state == TrialState.RUNNING and t.intermediate_values
-               for t in _trials(store)):  # fmt: skip
+        if any(t.state == TrialState.RUNNING and t.intermediate_values for t in _trials(store)):
             return
         time.sleep(0.5)
     raise AssertionError("no trial reached its first epoch")
@@ -226,10 +237,18 @@ def _wait_for_running_trial(store: Path, proc: subprocess.Popen, timeout: float 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_trial_fails_it_and_rerun_resumes(tmp_path, sig, code):
-    args = ("run", "+study=quickstart", "sweep.n_trials=2", "train.epochs=30",
-            "train.verbose=0", "sweep.pruner=none", "space.model.input_size='choice(16)'")  # fmt: skip
-    proc = subprocess.Popen(sweeps_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = (
+        "run",
+        "+study=quickstart",
+        "sweep.n_trials=2",
+        "train.epochs=30",
+        "train.verbose=0",
+        "sweep.pruner=none",
+        "space.model.input_size='choice(16)'",
+    )
+    proc = subprocess.Popen(
+        sweeps_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     store = tmp_path / "sweeps-store"
     _wait_for_running_trial(store, proc)
     proc.send_signal(sig)

@@ -18,10 +18,12 @@ def _one(expr):
     ("expr", "kind", "attrs"),
     [
         ("choice(3, 5)", "categorical", {"choices": (3, 5)}),
-        ("choice(relu, 'prelu', null, true)", "categorical",
-         {"choices": ("relu", "prelu", None, True)}),
-        ("choice([32, 64], [32, 64, 128])", "categorical",
-         {"choices": ([32, 64], [32, 64, 128])}),
+        (
+            "choice(relu, 'prelu', null, true)",
+            "categorical",
+            {"choices": ("relu", "prelu", None, True)},
+        ),
+        ("choice([32, 64], [32, 64, 128])", "categorical", {"choices": ([32, 64], [32, 64, 128])}),
         ("interval(0.0, 0.5)", "float", {"low": 0.0, "high": 0.5, "log": False}),
         ("interval(0, 0.5, step=0.1)", "float", {"step": 0.1}),
         ("log(1e-4, 1e-2)", "float", {"low": 1e-4, "high": 1e-2, "log": True}),
@@ -30,7 +32,7 @@ def _one(expr):
         ("int(8, 64, log)", "int", {"log": True}),
         ("int(8, 64, step=8)", "int", {"step": 8}),
     ],
-)  # fmt: skip
+)
 def test_expressions_parse(expr, kind, attrs):
     param = _one(expr)
     assert param.name == "model.x" and param.kind == kind
@@ -58,10 +60,14 @@ def test_bad_expressions_name_the_key(expr, message):
 
 
 def test_conditional_parameter_follows_its_condition():
-    params = parse_space({"model": {
-        "alpha": {"sample": "log(0.001, 0.3)", "when": {"model.activation": "leaky_relu"}},
-        "activation": "choice(relu, leaky_relu)",
-    }})  # fmt: skip
+    params = parse_space(
+        {
+            "model": {
+                "alpha": {"sample": "log(0.001, 0.3)", "when": {"model.activation": "leaky_relu"}},
+                "activation": "choice(relu, leaky_relu)",
+            }
+        }
+    )
     assert [p.name for p in params] == ["model.activation", "model.alpha"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
@@ -87,9 +93,13 @@ def test_list_choices_round_trip_through_optuna():
 
 
 def test_grid_needs_finite_values():
-    params = parse_space({"model": {"k": "choice(3, 5)", "d": "int(1, 3)",
-                                    "p": "interval(0, 0.5, step=0.25)"}})  # fmt: skip
-    assert grid_space(params) == {"model.k": [3, 5], "model.d": [1, 2, 3],
-                                  "model.p": [0.0, 0.25, 0.5]}  # fmt: skip
+    params = parse_space(
+        {"model": {"k": "choice(3, 5)", "d": "int(1, 3)", "p": "interval(0, 0.5, step=0.25)"}}
+    )
+    assert grid_space(params) == {
+        "model.k": [3, 5],
+        "model.d": [1, 2, 3],
+        "model.p": [0.0, 0.25, 0.5],
+    }
     with pytest.raises(ConfigError, match="grid sampler"):
         grid_space(parse_space({"model": {"p": "interval(0, 0.5)"}}))

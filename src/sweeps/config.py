@@ -139,8 +139,19 @@ def load(raw: Mapping[str, Any], study: str = "") -> RunConfig:
         ConfigError: on an unknown key, an unknown name or an impossible value.
     """
     raw = copy.deepcopy(dict(raw))
-    known = {"data", "model", "train", "sweep", "storage", "tracking", "seed", "store_dir",
-             "space", "ablation", "report"}  # fmt: skip
+    known = {
+        "data",
+        "model",
+        "train",
+        "sweep",
+        "storage",
+        "tracking",
+        "seed",
+        "store_dir",
+        "space",
+        "ablation",
+        "report",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -264,10 +275,19 @@ def _rule(key: str, value: Any) -> str | None:
 
 _PER_BLOCK = {"model.padding", "model.block_dropout", "model.filters", "model.dense_units"}
 _POSITIVE_INT = {
-    "train.epochs", "train.batch_size", "sweep.n_trials", "sweep.repeats", "model.kernel_size",
-    "model.pool_size", "model.depth", "model.filters", "model.dense_units", "train.threads",
-    "storage.heartbeat_interval", "storage.grace_period",
-}  # fmt: skip
+    "train.epochs",
+    "train.batch_size",
+    "sweep.n_trials",
+    "sweep.repeats",
+    "model.kernel_size",
+    "model.pool_size",
+    "model.depth",
+    "model.filters",
+    "model.dense_units",
+    "train.threads",
+    "storage.heartbeat_interval",
+    "storage.grace_period",
+}
 _POSITIVE = {"train.learning_rate", "sweep.timeout", "model.leaky_alpha"}
 
 

@@ -43,9 +43,13 @@ class ConsoleProgress:
         self.console.print(f"[bold]study {self.study}[/bold]: {done} of {target} already done")
         if self.console.is_terminal and total:
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=self.console, transient=True,
-            )  # fmt: skip
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._task = self._bar.add_task(self._describe(), total=total, completed=done)
             self._bar.start()
 

@@ -53,8 +53,9 @@ def git_commit() -> str:
         return os.environ["SWEEPS_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -95,8 +96,9 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
     from sweeps.storage import make_pruner, make_sampler, open_storage
 
     engine_ref: list[Engine] = []
-    storage = open_storage(cfg.storage, cfg.store_dir,
-                           lambda study, trial: engine_ref[0].on_dead_trial(study, trial))  # fmt: skip
+    storage = open_storage(
+        cfg.storage, cfg.store_dir, lambda study, trial: engine_ref[0].on_dead_trial(study, trial)
+    )
     tracker = open_tracker(cfg)
     try:
         info: dict[str, Any] = {}
@@ -111,11 +113,16 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
             )
             trainer = _keras_trainer(cfg, data)
         engine = Engine(
-            cfg, storage=storage, tracker=tracker, trainer=trainer,
+            cfg,
+            storage=storage,
+            tracker=tracker,
+            trainer=trainer,
             sampler=make_sampler(cfg.sweep, cfg.space, sampler_seed(cfg)),
-            pruner=make_pruner(cfg.sweep, cfg.train.epochs), data_info=info,
-            progress=progress, git_commit=git_commit(),
-        )  # fmt: skip
+            pruner=make_pruner(cfg.sweep, cfg.train.epochs),
+            data_info=info,
+            progress=progress,
+            git_commit=git_commit(),
+        )
         engine_ref.append(engine)
         summary = engine.run()
     finally:

@@ -8,9 +8,11 @@ storage has no heartbeats: a dead local worker is found by its process id instea
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +24,8 @@ from sweeps.errors import ConfigError, StorageUnreachable, mask_url
 from sweeps.space import Param, grid_space
 
 FailedTrialCallback = Callable[[Any, Any], None]
+
+log = logging.getLogger("sweeps.storage")
 
 WORKER_ATTR = "sweeps.worker"  # "host:pid" of the process running a trial
 
@@ -77,8 +81,13 @@ def open_storage(
         ) from None
 
 
-def _rdb_storage(url: str, cfg: StorageConfig, engine_kwargs: dict[str, Any],
-                 failed_trial_callback: FailedTrialCallback, attempts: int = 5) -> Any:  # fmt: skip
+def _rdb_storage(
+    url: str,
+    cfg: StorageConfig,
+    engine_kwargs: dict[str, Any],
+    failed_trial_callback: FailedTrialCallback,
+    attempts: int = 5,
+) -> Any:
     """RDBStorage, retried while other workers create the schema of an empty database.
 
     Workers started together (``docker compose up --scale worker=N``) all try to create
@@ -187,7 +196,37 @@ def make_pruner(sweep: SweepConfig, epochs: int) -> Any:
         )
     if sweep.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, sweep.warmup_epochs), max_resource=max(epochs, 2),
+            min_resource=max(1, sweep.warmup_epochs),
+            max_resource=max(epochs, 2),
             reduction_factor=3,
-        )  # fmt: skip
+        )
     raise ConfigError(f"sweep.pruner={sweep.pruner!r}: valid pruners: median, hyperband, none")
+
+
+class Heartbeat:
+    """Records the trial's heartbeat in a thread, for storages that support it."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        self.storage, self.trial_id = storage, trial_id
+        self.enabled = is_heartbeat_enabled(storage)
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Heartbeat:
+        if self.enabled:
+            self.storage.record_heartbeat(self.trial_id)
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval() or 60
+        while not self._stop.wait(interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", mask_url(str(exc))[:200])
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()

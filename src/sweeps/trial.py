@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import RunConfig, TrainConfig, parse_section, check_value
+from sweeps.config import RunConfig, TrainConfig, check_value, parse_section
 from sweeps.errors import mask_url
 
 
@@ -76,9 +76,17 @@ def input_size(value: Any) -> tuple[int, int] | None:
     return (int(value), int(value))
 
 
-def make_spec(cfg: RunConfig, raw: dict[str, Any], number: int, seed: int,
-              params: dict[str, Any], work_root: Path, *, variant: str | None = None,
-              repeat: int | None = None) -> TrialSpec:  # fmt: skip
+def make_spec(
+    cfg: RunConfig,
+    raw: dict[str, Any],
+    number: int,
+    seed: int,
+    params: dict[str, Any],
+    work_root: Path,
+    *,
+    variant: str | None = None,
+    repeat: int | None = None,
+) -> TrialSpec:
     """Builds the spec of one trial from the config with its parameters applied."""
     model = dict(raw["model"])
     for key, value in model.items():

@@ -1,0 +1,272 @@
+"""One trial from ask to tell: its spec, its MLflow run, its epoch reports, its end state.
+
+Every trial ends in exactly one Optuna state whatever happens (complete, pruned, failed with a
+reason, interrupted), and its MLflow run ends with the matching status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import RunConfig, apply_overrides
+from sweeps.errors import SweepsError, TrialFailed, one_line
+from sweeps.space import sample
+from sweeps.storage import Heartbeat
+from sweeps.trial import TrialOutcome, TrialSpec, make_spec
+
+log = logging.getLogger("sweeps.engine")
+
+RUN_ID_ATTR = "mlflow_run_id"
+VARIANT_PARAM, REPEAT_PARAM = "ablation.variant", "ablation.repeat"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``exit_code`` is what the process should exit with."""
+
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+class TrialLifecycle:
+    """Runs trials the engine has asked for, and records how each one ends.
+
+    Args:
+        cfg: The validated config.
+        study: The Optuna study.
+        tracker: The MLflow tracker.
+        trainer: Trains one spec, reporting every epoch.
+        progress: Progress display, or None.
+        parent_run: The study's MLflow parent run id.
+        tags: Tags every trial run carries (study, mode, commit, dataset).
+        retry: Enqueues a retry of a frozen trial (Optuna's retry callback).
+        work_dir: Parent of the trials' scratch folders.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        study: Any,
+        tracker: Any,
+        trainer: Any,
+        progress: Any,
+        parent_run: str,
+        tags: dict[str, str],
+        retry: Callable[[Any, Any], None],
+        work_dir: Path,
+    ) -> None:
+        self.cfg, self.study, self.tracker, self.trainer = cfg, study, tracker, trainer
+        self.progress, self.parent_run, self.tags = progress, parent_run, tags
+        self._retry, self.work_dir = retry, work_dir
+
+    def run(self, trial: Any) -> str:
+        """Runs one asked trial and records its end; returns the Optuna state name."""
+        heartbeat = Heartbeat(self.study._storage, trial._trial_id)
+        handle: str | None = None
+        spec: TrialSpec | None = None
+        try:
+            spec = self._spec(trial)
+            handle = self._start_run(trial, spec)
+            if self.progress:
+                self.progress.trial_started(trial.number, spec.params)
+            with heartbeat:
+                outcome = self.trainer.run(spec, _Reporter(self, trial, handle))
+            value = outcome.best.get(self.cfg.sweep.metric)
+            if value is None or not math.isfinite(value):
+                raise TrialFailed(f"{self.cfg.sweep.metric} was never finite")
+            self._record_outcome(trial, outcome)
+            self.study.tell(trial, value)
+            self._end(trial, handle, "COMPLETE", value, "", spec, outcome)
+            return "COMPLETE"
+        except _Pruned as exc:
+            self.study.tell(trial, state=_state("PRUNED"))
+            self._end(trial, handle, "PRUNED", None, exc.note, spec)
+            return "PRUNED"
+        except Interrupted as exc:
+            self._fail(trial, handle, "interrupted", run_status="KILLED")
+            self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
+            raise exc
+        except KeyboardInterrupt:
+            self._fail(trial, handle, "interrupted", run_status="KILLED")
+            self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
+            raise Interrupted(130) from None
+        except Exception as exc:
+            if _is_architecture_error(exc):
+                trial.set_user_attr("sweeps.reason", one_line(exc))
+                self.study.tell(trial, state=_state("PRUNED"))
+                self._end(trial, handle, "PRUNED", None, one_line(exc), spec)
+                return "PRUNED"
+            self._fail(trial, handle, _reason(exc))
+            return "FAIL"
+
+    def _spec(self, trial: Any) -> TrialSpec:
+        if self.cfg.sweep.mode == "ablation":
+            names = [v.name for v in self.cfg.variants]
+            fixed = _frozen(trial).system_attrs.get("fixed_params") or {}
+            if VARIANT_PARAM not in fixed:
+                # A worker raced another for the last queued trial and got a fresh one.
+                trial.set_user_attr("sweeps.spurious", True)
+                raise TrialFailed("no queued ablation trial left (another worker took it)")
+            name = trial.suggest_categorical(VARIANT_PARAM, names)
+            repeat = trial.suggest_int(REPEAT_PARAM, 0, max(self.cfg.sweep.repeats - 1, 0))
+            variant = next(v for v in self.cfg.variants if v.name == name)
+            raw = apply_overrides(self.cfg.raw, variant.overrides)
+            params = {VARIANT_PARAM: name, REPEAT_PARAM: repeat, **variant.overrides}
+            return make_spec(
+                self.cfg,
+                raw,
+                trial.number,
+                self.cfg.seed + repeat,
+                params,
+                self.work_dir,
+                variant=name,
+                repeat=repeat,
+            )
+        values = sample(trial, self.cfg.space)
+        raw = apply_overrides(self.cfg.raw, values)
+        return make_spec(self.cfg, raw, trial.number, self.cfg.seed, values, self.work_dir)
+
+    def _start_run(self, trial: Any, spec: TrialSpec) -> str:
+        tags = {
+            **self.tags,
+            "sweeps.role": "trial",
+            "sweeps.trial_number": str(trial.number),
+            "sweeps.state": "RUNNING",
+        }
+        if spec.variant is not None:
+            tags.update({"sweeps.variant": spec.variant, "sweeps.repeat": str(spec.repeat)})
+        retry_of = _frozen(trial).system_attrs.get("failed_trial")
+        if retry_of is not None:
+            old = self.study._storage.get_trial(
+                self.study._storage.get_trial_id_from_study_id_trial_number(
+                    self.study._study_id, retry_of
+                )
+            )
+            tags["sweeps.retry_of_trial"] = str(retry_of)
+            tags["sweeps.retry_of_run"] = str(old.user_attrs.get(RUN_ID_ATTR, ""))
+        handle = self.tracker.start_run(f"trial-{trial.number:04d}", self.parent_run, tags)
+        run_id = self.tracker.run_id(handle, timeout=10)
+        if run_id:
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+        self.tracker.log_params(handle, spec.loggable_params())
+        return handle
+
+    def _record_outcome(self, trial: Any, outcome: TrialOutcome) -> None:
+        """Keeps the trial's results in Optuna too, so nothing depends on MLflow being up."""
+        trial.set_user_attr("best_epoch", outcome.best_epoch)
+        for key, value in {**outcome.best, **outcome.test}.items():
+            trial.set_user_attr(key, float(value))
+        trial.set_user_attr("param_count", int(outcome.param_count))
+        trial.set_user_attr("epochs_trained", len(outcome.history))
+        trial.set_user_attr("history", outcome.history)
+
+    def _end(
+        self,
+        trial: Any,
+        handle: str | None,
+        state: str,
+        value: float | None,
+        note: str,
+        spec: TrialSpec | None,
+        outcome: TrialOutcome | None = None,
+    ) -> None:
+        if self.progress:
+            self.progress.trial_ended(trial.number, state, value, note)
+        if handle is None:
+            return
+        self._late_run_id(trial, handle)
+        tags: dict[str, Any] = {"sweeps.state": state}
+        if note:
+            tags["sweeps.note"] = note
+        if state == "PRUNED" and note.startswith("pruned at epoch"):
+            tags["sweeps.pruned_at_epoch"] = note.split()[-1]
+        if outcome is not None:
+            self.tracker.log_metrics(
+                handle,
+                {
+                    **outcome.test,
+                    "param_count": outcome.param_count,
+                    "best_epoch": outcome.best_epoch,
+                },
+                step=0,
+            )
+            for path, artifact_dir in outcome.artifacts:
+                self.tracker.log_artifact(handle, path, artifact_dir)
+        cleanup = spec.workdir if spec is not None else None
+        status = "FINISHED" if state == "COMPLETE" else "KILLED"
+        self.tracker.end_run(handle, status, tags, cleanup=cleanup)
+
+    def _late_run_id(self, trial: Any, handle: str) -> None:
+        run_id = self.tracker.run_id(handle, timeout=0)
+        if run_id and trial.user_attrs.get(RUN_ID_ATTR) != run_id:
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+    def _fail(
+        self, trial: Any, handle: str | None, reason: str, run_status: str = "FAILED"
+    ) -> None:
+        trial.set_user_attr("sweeps.reason", reason)
+        if handle is not None:
+            self._late_run_id(trial, handle)
+        self.study.tell(trial, state=_state("FAIL"))
+        if self.progress:
+            self.progress.trial_ended(trial.number, "FAIL", None, reason)
+        if handle is not None:
+            self.tracker.end_run(
+                handle, run_status, {"sweeps.state": "FAIL", "sweeps.error": reason}
+            )
+        if reason != "interrupted":
+            log.warning("trial %d failed: %s", trial.number, reason)
+
+
+class _Pruned(Exception):
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
+class _Reporter:
+    """Called by the trainer after each epoch: logs, checks the loss, reports, maybe prunes."""
+
+    def __init__(self, life: TrialLifecycle, trial: Any, handle: str) -> None:
+        self.life, self.trial, self.handle = life, trial, handle
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.life.tracker.log_metrics(self.handle, metrics, step=epoch)
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrialFailed(f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}")
+        self.trial.report(metrics[self.life.cfg.sweep.metric], epoch)
+        if self.trial.should_prune():
+            raise _Pruned(f"pruned at epoch {epoch}")
+
+
+def _frozen(trial: Any) -> Any:
+    """The stored view of a live trial (Optuna 5 keeps system attrs off ``Trial``)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def _state(name: str) -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
+def _is_architecture_error(exc: Exception) -> bool:
+    from sweeps.models import ArchitectureError
+
+    return isinstance(exc, ArchitectureError)
+
+
+def _reason(exc: BaseException) -> str:
+    """The one-line reason recorded on a failed trial."""
+    name = type(exc).__name__
+    if name == "ResourceExhaustedError" or isinstance(exc, MemoryError):
+        return f"out of memory: {one_line(exc, 200)}"
+    if isinstance(exc, (TrialFailed, SweepsError)):
+        return str(exc)
+    return one_line(exc)
