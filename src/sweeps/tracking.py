@@ -146,7 +146,9 @@ class Tracker:
             filter_string=f"tags.`sweeps.role` = 'parent' and tags.`sweeps.study` = '{study}'",
             order_by=["attributes.start_time ASC"],
         )
-        return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
+        return [
+            r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+        ]
 
     def start_run(self, name: str, parent_id: str | None, tags: Mapping[str, str]) -> str:
         """Queues the creation of a run and returns a handle that later writes can use.
@@ -200,9 +202,12 @@ class Tracker:
         self._put("log_artifact", run_id, str(path), artifact_path)
 
     def end_run(
-        self, run_id: str, status: str, tags: Mapping[str, Any] | None = None,
+        self,
+        run_id: str,
+        status: str,
+        tags: Mapping[str, Any] | None = None,
         cleanup: Path | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Queues tags and the run's end; ``cleanup`` is deleted once everything is sent."""
         if tags:
             self.set_tags(run_id, tags)
@@ -405,8 +410,20 @@ def _probe_http(uri: str, timeout: float) -> None:
 def _transient(exc: Exception) -> bool:
     """Connection trouble or a locked database: worth retrying, unlike a rejected request."""
     text = f"{type(exc).__name__} {exc}".lower()
-    needles = ("connection", "timeout", "timed out", "locked", "unavailable", "max retries",
-               "temporarily", "503", "502", "504", "refused", "reset by peer")  # fmt: skip
+    needles = (
+        "connection",
+        "timeout",
+        "timed out",
+        "locked",
+        "unavailable",
+        "max retries",
+        "temporarily",
+        "503",
+        "502",
+        "504",
+        "refused",
+        "reset by peer",
+    )
     return any(n in text for n in needles)
 
 
@@ -435,8 +452,13 @@ def _encode_args(args: tuple) -> list:
 def _entity(e: Any) -> dict:
     kind = type(e).__name__
     if kind == "Metric":
-        return {"kind": kind, "key": e.key, "value": e.value, "timestamp": e.timestamp,
-                "step": e.step}  # fmt: skip
+        return {
+            "kind": kind,
+            "key": e.key,
+            "value": e.value,
+            "timestamp": e.timestamp,
+            "step": e.step,
+        }
     return {"kind": kind, "key": e.key, "value": e.value}
 
 

@@ -7,6 +7,7 @@ fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -20,8 +21,12 @@ from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.trainer")
 
-_KERAS_TO_OURS = {"loss": "train_loss", "acc": "train_acc", "val_loss": "val_loss",
-                  "val_acc": "val_acc"}  # fmt: skip
+_KERAS_TO_OURS = {
+    "loss": "train_loss",
+    "acc": "train_acc",
+    "val_loss": "val_loss",
+    "val_acc": "val_acc",
+}
 
 
 def configure_tensorflow(threads: int | None = None, mixed_precision: bool = False) -> None:
@@ -34,10 +39,8 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: bool = Fal
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process
-            pass
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -69,19 +72,32 @@ class KerasTrainer:
         size = spec.input_size or (h, w)
         shape = (size[0], size[1], c)
         num_classes = self.data.num_classes
-        check_architecture(spec.model_name, input_shape=shape, num_classes=num_classes,
-                           **spec.model_kwargs)  # fmt: skip
+        check_architecture(
+            spec.model_name, input_shape=shape, num_classes=num_classes, **spec.model_kwargs
+        )
         keras.backend.clear_session()  # without it every trial's graphs stay in memory
         keras.utils.set_random_seed(spec.seed)
-        model = create_model(spec.model_name, input_shape=shape, num_classes=num_classes,
-                             **spec.model_kwargs)  # fmt: skip
-        compile_model(model, optimizer=spec.train.optimizer, learning_rate=spec.train.learning_rate,
-                      num_classes=num_classes, jit_compile=spec.train.jit_compile)  # fmt: skip
+        model = create_model(
+            spec.model_name, input_shape=shape, num_classes=num_classes, **spec.model_kwargs
+        )
+        compile_model(
+            model,
+            optimizer=spec.train.optimizer,
+            learning_rate=spec.train.learning_rate,
+            num_classes=num_classes,
+            jit_compile=spec.train.jit_compile,
+        )
         train_ds, val_ds, test_ds = self._datasets(spec, size, c)
         keeper = _best_epoch(report, spec.metric)
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=spec.train.epochs,
-                      verbose=spec.train.verbose, callbacks=[keeper], shuffle=False)  # fmt: skip
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=spec.train.epochs,
+                verbose=spec.train.verbose,
+                callbacks=[keeper],
+                shuffle=False,
+            )
         except Exception as exc:
             if type(exc).__name__ == "ResourceExhaustedError":
                 raise TrialFailed(f"out of memory at batch size {spec.train.batch_size}") from exc
@@ -91,8 +107,9 @@ class KerasTrainer:
         model.set_weights(keeper.best_weights)
         probs = model.predict(test_ds, verbose=0)
         test, per_class, confusion = evaluate(probs, self.data.test.y, self.data.class_names)
-        artifacts = write_artifacts(spec, model, keeper.history, confusion, per_class,
-                                    self.data.class_names)  # fmt: skip
+        artifacts = write_artifacts(
+            spec, model, keeper.history, confusion, per_class, self.data.class_names
+        )
         return TrialOutcome(
             history=keeper.history,
             best_epoch=keeper.best_epoch,
@@ -107,8 +124,9 @@ class KerasTrainer:
 
         common = {"batch_size": spec.train.batch_size, "image_size": size, "channels": channels}
         augment = AugmentSpec.from_dict(spec.train.augment)
-        train = make_dataset(self.data.train, augment=augment, shuffle=True, seed=spec.seed,
-                             **common)  # fmt: skip
+        train = make_dataset(
+            self.data.train, augment=augment, shuffle=True, seed=spec.seed, **common
+        )
         return (
             train,
             make_dataset(self.data.validation, **common),
@@ -167,15 +185,25 @@ def evaluate(probs: np.ndarray, y: np.ndarray, class_names: list[str]):
         loss = -np.mean(np.log(p[np.arange(len(y)), y]))
         pred = p.argmax(axis=1)
     labels = list(range(len(class_names)))
-    report = classification_report(y, pred, labels=labels, target_names=class_names,
-                                   output_dict=True, zero_division=0)  # fmt: skip
-    test = {"test_loss": float(loss), "test_acc": float(np.mean(pred == y)),
-            "test_macro_f1": float(report["macro avg"]["f1-score"])}  # fmt: skip
+    report = classification_report(
+        y, pred, labels=labels, target_names=class_names, output_dict=True, zero_division=0
+    )
+    test = {
+        "test_loss": float(loss),
+        "test_acc": float(np.mean(pred == y)),
+        "test_macro_f1": float(report["macro avg"]["f1-score"]),
+    }
     return test, report, confusion_matrix(y, pred, labels=labels)
 
 
-def write_artifacts(spec: TrialSpec, model: Any, history: list[dict[str, float]],
-                    confusion: np.ndarray, per_class: dict, class_names: list[str]):  # fmt: skip
+def write_artifacts(
+    spec: TrialSpec,
+    model: Any,
+    history: list[dict[str, float]],
+    confusion: np.ndarray,
+    per_class: dict,
+    class_names: list[str],
+):
     """Writes the trial's files into its scratch folder and lists them for upload.
 
     Raises:
@@ -193,8 +221,9 @@ def write_artifacts(spec: TrialSpec, model: Any, history: list[dict[str, float]]
             ckpt = out / "best.keras"
             model.save(ckpt)
             files.append((ckpt, "checkpoint"))
-        curves = plots.learning_curves(history, out / "learning_curves.png",
-                                       title=f"{spec.study} trial {spec.number}")  # fmt: skip
+        curves = plots.learning_curves(
+            history, out / "learning_curves.png", title=f"{spec.study} trial {spec.number}"
+        )
         cm = plots.confusion(confusion, class_names, out / "confusion_matrix.png")
         report = out / "classification_report.json"
         report.write_text(json.dumps(per_class, indent=2))
@@ -202,5 +231,7 @@ def write_artifacts(spec: TrialSpec, model: Any, history: list[dict[str, float]]
         config.write_text(yaml.safe_dump(mask_config(spec.config), sort_keys=False))
         files += [(curves, "plots"), (cm, "plots"), (report, None), (config, None)]
     except OSError as exc:
-        raise TrialFailed(f"could not write the trial's artifacts in {out}: {exc.strerror or exc}")
+        raise TrialFailed(
+            f"could not write the trial's artifacts in {out}: {exc.strerror or exc}"
+        ) from exc
     return files
