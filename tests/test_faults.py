@@ -201,6 +201,7 @@ def test_tracking_lost_mid_study_is_retried_and_flushed(tmp_path, mlflow_server)
         "quickstart",
         f"sweep.name={name}",
         f"tracking.uri={mlflow_server.uri}",
+        "sweep.pruner=none",
         "sweep.n_trials=4",
         "train.epochs=2",
         store=tmp_path / "store",
@@ -246,8 +247,15 @@ def test_signal_mid_trial_fails_it_and_rerun_resumes(tmp_path, sig, code):
         "sweep.pruner=none",
         "space.model.input_size='choice(16)'",
     )
+    # A shell's background job ignores SIGINT and its children inherit that; the default
+    # disposition makes Python turn SIGINT into KeyboardInterrupt however pytest was started.
     proc = subprocess.Popen(
-        sweeps_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        sweeps_cmd(*args),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     store = tmp_path / "sweeps-store"
     _wait_for_running_trial(store, proc)
