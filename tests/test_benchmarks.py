@@ -1,0 +1,66 @@
+"""The benchmarks: each runs ``--quick`` and writes JSON with its named ratios and repeats.
+
+No test asserts a time: the machines are shared and noisy, and the figures are for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RATIOS = {
+    "overhead": ["sweeps_over_bare", "sweeps_cpu_over_bare", "sweeps_call_over_bare",
+                 "autolog_over_bare", "autolog_cpu_over_bare", "autolog_call_over_bare"],
+    "pruning": ["tpe_median_best_over_grid", "tpe_median_epochs_over_grid",
+                "tpe_hyperband_best_over_grid", "tpe_hyperband_epochs_over_grid"],
+    "workers": ["quickstart_two_over_one", "quickstart_two_over_one_span"],
+    "startup": ["help_over_python", "studies_over_python"],
+}  # fmt: skip
+MACHINE = {"cpu_count", "platform", "python", "tensorflow", "keras", "optuna", "mlflow"}
+
+
+def check_record(record: dict, name: str) -> None:
+    """What every result must hold for the README to quote it."""
+    assert record["benchmark"] == name
+    assert record["command"].startswith(f"python -m benchmarks {name}")
+    assert set(record["machine"]) >= MACHINE
+    assert set(RATIOS[name]) <= set(record["ratios"])
+    assert all(math.isfinite(v) and v > 0 for v in record["ratios"].values())
+    assert record["repeats"] and record["medians"]
+    assert set(record["target_met"]) == set(record["targets"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RATIOS))
+def test_quick_run_writes_json_with_named_ratios(name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", name, "--quick", "--out", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / f"{name}-quick.json").read_text())
+    check_record(record, name)
+    assert record["quick"] is True
+    assert f"wrote {tmp_path / f'{name}-quick.json'}" in proc.stdout
+    for key, target in record["targets"].items():
+        verdict = "met" if record["target_met"][key] else "MISSED"
+        assert f"target {key} {target}: {record['ratios'][key]:.3f} {verdict}" in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "results").glob("*.json")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_published_results_are_full_runs_with_their_ratios(path):
+    record = json.loads(path.read_text())
+    check_record(record, path.stem)
+    if path.stem == "overhead":  # the GPU workers' mode: every trial in a fresh process
+        assert "sweeps_subprocess_over_bare" in record["ratios"]
+    assert record["quick"] is False and record["command"] == f"python -m benchmarks {path.stem}"
+    assert len(record["repeats"]) >= 3
