@@ -1,13 +1,20 @@
 # A sweep worker: `python -m sweeps run +study=NAME storage=postgres tracking=server`.
-#   docker compose build && docker compose up -d --scale worker=2   (see README.md, "Scale out")
+#   docker compose build && docker compose up -d   (a worker per GPU; README.md, "Scale out")
 # TensorFlow's CUDA image brings Python 3.11, TensorFlow and the CUDA and cuDNN libraries;
-# the host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
+# the host needs only the NVIDIA driver and the NVIDIA Container Toolkit. Another Keras
+# backend's CUDA image works too, with KERAS_BACKEND set to match (README, "Keras backends"):
+#   docker build --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
+#                --build-arg KERAS_BACKEND=torch -t sweeps-worker .
 ARG BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu
 FROM ${BASE_IMAGE}
+# train.backend's default in every worker and trial process of the image.
+ARG KERAS_BACKEND=tensorflow
 
-# Memory growth: TensorFlow takes GPU memory as it needs it instead of the whole card at
-# start, so several workers (and trial processes) can share one GPU.
-ENV TF_FORCE_GPU_ALLOW_GROWTH=true \
+# Memory growth: TensorFlow (and JAX: no preallocation) takes GPU memory as it needs it instead
+# of the whole card at start, so several workers (and trial processes) can share one GPU.
+ENV KERAS_BACKEND=${KERAS_BACKEND} \
+    TF_FORCE_GPU_ALLOW_GROWTH=true \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MPLBACKEND=Agg \
     PYTHONUNBUFFERED=1 \

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, render, write
 
-NAMES = ("overhead", "pruning", "workers", "startup")
+NAMES = ("overhead", "pruning", "workers", "startup", "liar", "answer", "packing", "backends")
 
 
 def main(argv: list[str] | None = None) -> None:

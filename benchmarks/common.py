@@ -132,9 +132,10 @@ def image_folder(root: Path, per_class: Mapping[str, int], size: int) -> Path:
     return root
 
 
-def python(*args: str) -> subprocess.CompletedProcess:
-    """Runs ``python ARGS`` from the repository root; raises with stderr's tail on failure."""
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(),
+def python(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` from ``cwd`` (default: the repository root); raises with stderr's
+    tail on failure."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd or REPO, env=child_env(),
                           capture_output=True, text=True, timeout=3600)  # fmt: skip
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])

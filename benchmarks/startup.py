@@ -8,7 +8,9 @@ the interpreter alone, and ``import tensorflow``. Commands alternate across repe
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
+from pathlib import Path
 
 from benchmarks.common import Result, fmt, median, python
 
@@ -31,8 +33,12 @@ def run(quick: bool, repeats: int | None = None) -> Result:
         del commands["plan"]
         notes.append("`sweeps plan` is not in this checkout yet: measured --help and studies")
     rows = []
-    for r in range(repeats or (1 if quick else 5)):
-        rows.append({"repeat": r, **{name: _time(args) for name, args in commands.items()}})
+    # A fresh folder, as a user's project: nothing lands in the checkout (plan leaves nothing,
+    # and a stray store would stay in the temporary folder).
+    with tempfile.TemporaryDirectory(prefix="sweeps-startup-") as work:
+        for r in range(repeats or (1 if quick else 5)):
+            times = {name: _time(args, Path(work)) for name, args in commands.items()}
+            rows.append({"repeat": r, **times})
     medians = {name: median(row[name] for row in rows) for name in commands}
     ratios = {"help_over_python": medians["help"] / medians["python"],
               "studies_over_python": medians["studies"] / medians["python"]}  # fmt: skip
@@ -55,7 +61,7 @@ def run(quick: bool, repeats: int | None = None) -> Result:
     )
 
 
-def _time(args: list[str]) -> float:
+def _time(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    python(*args)
+    python(*args, cwd=cwd)
     return time.perf_counter() - start

@@ -22,6 +22,11 @@ RATIOS = {
                 "tpe_hyperband_best_over_grid", "tpe_hyperband_epochs_over_grid"],
     "workers": ["quickstart_two_over_one", "quickstart_two_over_one_span"],
     "startup": ["help_over_python", "studies_over_python"],
+    "liar": ["best_on_over_off", "top5_on_over_off"],
+    "packing": ["measured_over_analytic"],
+    "answer": ["fast_wall_over_exhaustive", "float32_cpu_per_epoch_over_auto",
+               "decided_rows_agreeing_share"],
+    "backends": ["jax_over_tensorflow_age_gap_float32", "jax_over_tensorflow_fashion_float32"],
 }  # fmt: skip
 MACHINE = {"cpu_count", "platform", "python", "tensorflow", "keras", "optuna", "mlflow"}
 
@@ -32,7 +37,8 @@ def check_record(record: dict, name: str) -> None:
     assert record["command"].startswith(f"python -m benchmarks {name}")
     assert set(record["machine"]) >= MACHINE
     assert set(RATIOS[name]) <= set(record["ratios"])
-    assert all(math.isfinite(v) and v > 0 for v in record["ratios"].values())
+    # A share (answer's agreeing rows) may be 0; times and counts never are.
+    assert all(math.isfinite(v) and v >= 0 for v in record["ratios"].values())
     assert record["repeats"] and record["medians"]
     assert set(record["target_met"]) == set(record["targets"])
 

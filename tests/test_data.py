@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import sweeps.data
 from imagegen import BROKEN_KINDS, ODD_KINDS, make_image_folder
 from sweeps.data import (
     AugmentSpec,
@@ -401,6 +400,21 @@ def test_damaged_cache_is_ignored_and_rewritten(tmp_path):
     assert cache_file.stat().st_size > 1000
 
 
+def test_folder_fingerprint_follows_the_files_and_the_options(tmp_path):
+    make_image_folder(tmp_path / "data", per_class=3, odd=False)
+    first = load_folder(tmp_path / "data", image_size=16).fingerprint
+    assert load_folder(tmp_path / "data", image_size=16).fingerprint == first  # unchanged
+    assert load_folder(tmp_path / "data", image_size=12).fingerprint != first
+    # One image rewritten in place, same name: a new fingerprint.
+    image = sorted((tmp_path / "data" / "test" / "young").iterdir())[0]
+    cv2.imwrite(str(image), np.full((20, 20), 7, np.uint8))
+    changed = load_folder(tmp_path / "data", image_size=16).fingerprint
+    assert changed != first
+    # A file renamed: the same bytes under another name are another listing.
+    image.rename(image.with_name("renamed" + image.suffix))
+    assert load_folder(tmp_path / "data", image_size=16).fingerprint not in (first, changed)
+
+
 def test_concurrent_loads_share_one_cache_file(tmp_path):
     make_image_folder(tmp_path / "data")
     options = {"image_size": 16, "cache_dir": str(tmp_path / "cache")}
@@ -542,4 +556,6 @@ def test_split_head_and_image_data_checks():
         ImageData(split, split, Split(x, np.array([0, 1, 2, 0])), ["a", "b"], 0, "f", "src")
     with pytest.raises(DataError, match="validation split is empty"):
         ImageData(split, Split(x[:0], split.y[:0]), split, ["a", "b"], 0, "f", "src")
-    assert sweeps.data.ImageData is ImageData
+    ok = ImageData(split, split.head(2), split, ["a", "b"], 3, "f", "src")
+    assert ok.sizes == {"train": 4, "validation": 2, "test": 4}
+    assert ok.image_shape == (2, 2, 1) and ok.skipped == 3

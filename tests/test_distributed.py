@@ -118,7 +118,8 @@ def test_compose_declares_the_services_and_their_wiring():
     worker = svc["worker"]
     assert worker["build"] == "."
     (gpu,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert gpu == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert gpu == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    assert "sweep.workers=auto" in command(worker)  # one worker process per card
     # Scalable with --scale worker=N: nothing that two containers cannot share.
     assert "container_name" not in worker and "ports" not in worker
     assert command(worker)[:5] == ["python", "-m", "sweeps", "run", "+study=quickstart"]

@@ -73,7 +73,7 @@ def test_search_prunes_and_tracks_every_trial(store):
         assert len(t.user_attrs["history"]) == 5
     for t in pruned:
         run = runs[t.number]
-        assert run["status"] == "KILLED"
+        assert run["status"] == "FINISHED" and run["tags"]["sweeps.state"] == "PRUNED"
         assert run["tags"]["sweeps.pruned_at_epoch"] == str(max(t.intermediate_values))
     tracker = open_tracker(cfg)
     try:
@@ -93,14 +93,27 @@ def test_conditional_parameter_only_with_its_activation(store):
         "quickstart",
         "sweep.n_trials=12",
         "sweep.sampler=random",
+        "sweep.sampler_seed=0",  # a fixed draw that takes both branches
         "sweep.pruner=none",
         "train.epochs=1",
         store=store,
     )
-    run_study(cfg, trainer=FakeTrainer())
-    for t in _study(cfg).get_trials(deepcopy=False):
+    trainer = FakeTrainer()
+    run_study(cfg, trainer=trainer)
+    trials = _study(cfg).get_trials(deepcopy=False)
+    assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    branches = set()
+    for t in trials:
         has_alpha = "model.leaky_alpha" in t.params
         assert has_alpha == (t.params["model.activation"] == "leaky_relu")
+        branches.add(has_alpha)
+    assert branches == {True, False}  # both sides of the condition were sampled
+    # The trainer got the sampled value, and no alpha where the condition is false.
+    for spec in trainer.specs:
+        if spec.params["model.activation"] == "leaky_relu":
+            assert spec.model_kwargs["leaky_alpha"] == spec.params["model.leaky_alpha"]
+        else:
+            assert "model.leaky_alpha" not in spec.params
 
 
 def test_resume_counts_n_trials_as_the_study_total(store):
@@ -222,22 +235,52 @@ def test_interrupted_trial_fails_then_resumes(store):
     assert _runs(cfg)[retry.number]["tags"]["sweeps.retry_of_run"] == _runs(cfg)[1]["run_id"]
 
 
-def test_trial_of_a_dead_local_worker_is_failed_and_retried(store):
-    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=2", store=store)
-    run_study(cfg, trainer=FakeTrainer())
+def _ghost_trial(cfg, pid: int | str):
+    """A RUNNING trial with an MLflow run, owned by process ``pid`` of this host."""
     study = _study(cfg)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
     ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
-    ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{dead}")
+    ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{pid}")
+    tracker = open_tracker(cfg)
+    try:
+        parent = tracker.parent_run(cfg.sweep.name, {})
+        tags = {"sweeps.study": cfg.sweep.name, "sweeps.role": "trial", "sweeps.state": "RUNNING"}
+        tags["sweeps.trial_number"] = str(ghost.number)
+        run_id = tracker.run_id(tracker.start_run("ghost", parent, tags), timeout=30)
+    finally:
+        tracker.close()
+    ghost.set_user_attr("mlflow_run_id", run_id)
+    return ghost, run_id
 
-    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=2", store=store)
-    run_study(cfg, trainer=FakeTrainer())
+
+def _assert_failed_and_retried(cfg, ghost, run_id: str) -> None:
     study = _study(cfg)
     assert study.trials[ghost.number].state == TrialState.FAIL
     assert _count(study, TrialState.RUNNING) == 0
     assert _count(study, TrialState.COMPLETE) == 3
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == ghost.number]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params["model.kernel_size"] == ghost.params["model.kernel_size"]
+    runs = _runs(cfg)
+    assert runs[ghost.number]["run_id"] == run_id
+    assert runs[ghost.number]["status"] == "FAILED"
+    assert runs[ghost.number]["tags"]["sweeps.state"] == "FAIL"
+    assert runs[retry.number]["tags"]["sweeps.retry_of_run"] == run_id
+    assert runs[retry.number]["tags"]["sweeps.retry_of_trial"] == str(ghost.number)
+
+
+def test_trial_of_a_dead_local_worker_is_failed_and_retried(store):
+    cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=2", store=store)
+    run_study(cfg, trainer=FakeTrainer())
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    ghost, run_id = _ghost_trial(cfg, dead)
+
+    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=2", store=store)
+    trainer = FakeTrainer()
+    run_study(cfg, trainer=trainer)
+    assert len(trainer.specs) == 1  # the retry, not a fresh trial besides it
+    _assert_failed_and_retried(cfg, ghost, run_id)
 
 
 def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
@@ -266,8 +309,23 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
         tracker.close()
 
 
+def _spy_on_engine_study(monkeypatch) -> list:
+    """Collects the Optuna study each Engine runs, to see its sampler and pruner."""
+    from sweeps.engine import Engine
+
+    seen: list = []
+    original = Engine.run
+
+    def run(self):
+        seen.append(self.study)
+        return original(self)
+
+    monkeypatch.setattr(Engine, "run", run)
+    return seen
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
-def test_every_sampler_runs_a_study(store, sampler):
+def test_every_sampler_runs_a_study(store, sampler, monkeypatch):
     # The grid needs finite values: keep the quickstart's choices, drop its continuous ones.
     finite = (
         "~space.model.leaky_alpha",
@@ -285,7 +343,15 @@ def test_every_sampler_runs_a_study(store, sampler):
         *extra,
         store=store,
     )
+    used = _spy_on_engine_study(monkeypatch)
     run_study(cfg, trainer=FakeTrainer())
+    expected = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "grid": optuna.samplers.GridSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+    }[sampler]
+    assert type(used[0].sampler) is expected  # the study's trials were asked through it
     study = _study(cfg)
     assert len(study.trials) == 6
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
@@ -315,19 +381,14 @@ def test_last_worker_waits_for_a_trial_whose_worker_then_dies(store):
     """Nothing left to start but another worker's trial runs: wait; when it dies, retry it."""
     cfg = compose("quickstart", "sweep.n_trials=2", "train.epochs=1", store=store)
     run_study(cfg, trainer=FakeTrainer())
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4)"])
     try:
-        ghost = _study(cfg).ask(
-            {"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])}
-        )
-        ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{other.pid}")
+        ghost, run_id = _ghost_trial(cfg, other.pid)
         trainer = FakeTrainer()
         cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=1", store=store)
         run_study(cfg, trainer=trainer)  # waits, sees the process gone, runs the retry
     finally:
         other.wait()
-    study = _study(cfg)
-    assert study.trials[ghost.number].state == TrialState.FAIL
-    assert _count(study, TrialState.RUNNING) == 0
-    assert _count(study, TrialState.COMPLETE) == 3
-    assert len(trainer.specs) == 1 and trainer.specs[0].params["model.kernel_size"] in (3, 5)
+    assert len(trainer.specs) == 1  # it waited, then ran the retry and nothing else
+    assert trainer.specs[0].params["model.kernel_size"] == ghost.params["model.kernel_size"]
+    _assert_failed_and_retried(cfg, ghost, run_id)

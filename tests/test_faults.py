@@ -92,14 +92,24 @@ def _data_case(tmp_path: Path, case: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "one_class", "all_unreadable"])
-def test_bad_data_root_is_one_line_with_path_and_layout(tmp_path, case):
+SPLITS_LAYOUT = "expected layout 'splits': <root>/{train,validation,test}/<class>/<images>"
+
+
+@pytest.mark.parametrize(
+    ("case", "where", "problem"),
+    [
+        ("missing", "", "folder does not exist"),
+        ("empty", "", "folder is empty"),
+        ("one_class", "/train/young", "class folder missing"),  # age_gap names its classes
+        ("all_unreadable", "", "none of the 12 image files could be decoded"),
+    ],
+)
+def test_bad_data_root_is_one_line_with_path_and_layout(tmp_path, case, where, problem):
     root = _data_case(tmp_path, case)
     proc = run_cli("run", "+study=age_gap", f"data.root={root}", *TINY, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     line = error_line(proc)
-    assert str(root) in line
-    assert "train" in line or "class" in line  # the expected layout is named
+    assert line == f"sweeps: error: {root}{where}: {problem}; {SPLITS_LAYOUT}"
     assert _trials(tmp_path / "sweeps-store", "age_gap") == []
 
 
@@ -123,7 +133,7 @@ def test_tracking_unreachable_at_start(tmp_path):
     uri = f"http://127.0.0.1:{_closed_port()}"
     started = time.monotonic()
     proc = run_cli("run", "+study=quickstart", f"tracking.uri={uri}", *TINY, cwd=tmp_path)
-    assert time.monotonic() - started < 15 + 10  # + interpreter start and imports
+    assert time.monotonic() - started < 15  # the README's promise, from the user's Enter
     assert proc.returncode == 3
     assert uri in error_line(proc)
 
@@ -132,7 +142,7 @@ def test_storage_unreachable_masks_the_password(tmp_path):
     url = f"postgresql://alice:s3cret-pw@127.0.0.1:{_closed_port()}/sweeps"
     started = time.monotonic()
     proc = run_cli("run", "+study=quickstart", f"storage.url={url}", *TINY, cwd=tmp_path)
-    assert time.monotonic() - started < 15 + 10
+    assert time.monotonic() - started < 15  # the README's promise, from the user's Enter
     assert proc.returncode == 3
     line = error_line(proc)
     assert "alice:***@127.0.0.1" in line
@@ -163,6 +173,30 @@ def test_out_of_memory_fails_one_trial_and_the_worker_goes_on(store):
 
 
 @pytest.mark.slow
+def test_real_keras_trial_whose_loss_becomes_nan_fails_with_the_reason(store):
+    """A huge learning rate on digits: the real trainer's loss overflows in the first epochs."""
+    import re
+
+    cfg = compose(
+        "quickstart",
+        "~space.train.learning_rate",
+        "train.optimizer=sgd",
+        "train.learning_rate=1e12",
+        "train.epochs=2",
+        "train.verbose=0",
+        "sweep.n_trials=1",
+        "data.limit=200",
+        store=store,
+    )
+    assert run_study(cfg) == 0  # the study goes on; the trial is recorded
+    (trial,) = _trials(store)
+    assert trial.state == TrialState.FAIL
+    reason = trial.user_attrs["sweeps.reason"]
+    assert re.fullmatch(r"(train|val)_(loss|acc) became (nan|-?inf) at epoch [12]", reason), reason
+    assert len(trial.intermediate_values) <= 1  # stopped after the epoch it happened in
+
+
+@pytest.mark.slow
 def test_artifact_write_failure_fails_the_trial_only(tmp_path):
     # The scratch folder of trial 0 is a file: writing its checkpoint fails (root ignores
     # permissions, so a read-only folder would not do it).
@@ -185,7 +219,7 @@ def test_artifact_write_failure_fails_the_trial_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_tracking_lost_mid_study_is_retried_and_flushed(tmp_path, mlflow_server):
+def test_tracking_lost_mid_study_is_retried_and_flushed(tmp_path, mlflow_server, caplog):
     """The server stops after trial 0 and returns during trial 2: nothing is lost."""
     name = f"outage-{time.time_ns()}"
 
@@ -207,10 +241,17 @@ def test_tracking_lost_mid_study_is_retried_and_flushed(tmp_path, mlflow_server)
         store=tmp_path / "store",
     )
     try:
-        assert run_study(cfg, trainer=Outage()) == 0
+        with caplog.at_level("WARNING", logger="sweeps.tracking"):
+            assert run_study(cfg, trainer=Outage()) == 0
     finally:
         if mlflow_server.proc.poll() is not None:
             mlflow_server.start()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sweeps.tracking"]
+    assert any(f"MLflow at {mlflow_server.uri} is unreachable" in w for w in warnings), warnings
+    assert any(f"MLflow at {mlflow_server.uri} is back" in w for w in warnings), warnings
+    # Everything was sent once the server returned: nothing left in the spool.
+    spool = tmp_path / "store" / "spool"
+    assert not spool.exists() or not any(spool.iterdir())
     trials = _trials(tmp_path / "store", name)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     tracker = open_tracker(cfg)

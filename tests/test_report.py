@@ -134,11 +134,44 @@ def test_ablation_report_numbers(store: Path) -> None:
     assert float(drop["test_acc_ci_low"]) == pytest.approx(low)
     assert float(drop["test_acc_ci_high"]) == pytest.approx(high)
     assert float(drop["test_acc_diff"]) == pytest.approx(0.86 - 0.81)
-    welch = stats.ttest_ind(drop_acc, base_acc, equal_var=False).pvalue
-    assert float(drop["test_acc_p_value"]) == pytest.approx(welch)
+    # Paired by seed: differences 0.06, 0.03, 0.06, se 0.01, t = 5 on 2 df.
+    paired = stats.ttest_rel(drop_acc, base_acc)
+    assert drop["test_acc_test"] == "paired t" and drop["test_acc_pairs"] == "3"
+    assert float(drop["test_acc_p_value"]) == pytest.approx(paired.pvalue)
+    assert float(drop["test_acc_p_value"]) == pytest.approx(2 * stats.t.sf(5.0, 2))
+    ci = paired.confidence_interval(0.95)
+    assert float(drop["test_acc_diff_low"]) == pytest.approx(ci.low)
+    assert float(drop["test_acc_diff_high"]) == pytest.approx(0.05 + 4.302653 * 0.01)
+    assert float(drop["test_acc_p_holm"]) == float(drop["test_acc_p_value"])  # one variant
+    assert float(drop["test_acc_p_better"]) == 1.0  # it wins on every seed
+    assert drop["test_acc_verdict"] == "better" and drop["test_acc_claim"] == "confirmed"
+    assert float(drop["published_test_acc_diff"]) == pytest.approx(0.923 - 0.9184)
+    assert 0.03 - 1e-9 <= float(drop["test_acc_boot_low"]) <= float(drop["test_acc_boot_high"])
+    assert float(drop["test_acc_boot_high"]) <= 0.06 + 1e-9
     assert base["test_acc_p_value"] == "" and base["test_acc_diff"] == ""
-    # test_loss = 1 - best val_acc; its difference has the opposite sign.
+    assert base["test_acc_verdict"] == ""
+    # val_acc = best val_acc: 0.80, 0.82, 0.84 and 0.86, 0.85, 0.90; its own t intervals.
+    base_val, drop_val = [0.80, 0.82, 0.84], [0.86, 0.85, 0.90]
+    for row, values in ((base, base_val), (drop, drop_val)):
+        low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+        assert float(row["val_acc_mean"]) == pytest.approx(np.mean(values))
+        assert float(row["val_acc_ci_low"]) == pytest.approx(low)
+        assert float(row["val_acc_ci_high"]) == pytest.approx(high)
+    val = stats.ttest_rel(drop_val, base_val)
+    assert float(drop["val_acc_p_value"]) == pytest.approx(val.pvalue)
+    assert float(drop["val_acc_diff_low"]) == pytest.approx(val.confidence_interval().low)
+    # test_loss = 1 - best val_acc: 0.20, 0.18, 0.16 (mean 0.18, sd 0.02, half-width 0.0497);
+    # its difference has the opposite sign, and lower is better.
+    assert float(base["test_loss_mean"]) == pytest.approx(0.18)
+    assert float(base["test_loss_ci_high"]) - 0.18 == pytest.approx(0.0496826, abs=1e-6)
+    drop_loss = [1 - v for v in drop_val]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(drop_loss), scale=stats.sem(drop_loss))
+    assert float(drop["test_loss_ci_low"]) == pytest.approx(low)
+    assert float(drop["test_loss_ci_high"]) == pytest.approx(high)
     assert float(drop["test_loss_diff"]) == pytest.approx(-0.05)
+    loss_ci = stats.ttest_rel(drop_loss, [1 - v for v in base_val]).confidence_interval()
+    assert float(drop["test_loss_diff_high"]) == pytest.approx(loss_ci.high)
+    assert drop["test_loss_verdict"] == "better" and drop["test_loss_claim"] == "confirmed"
     assert float(drop["published_test_acc"]) == 0.923
     assert float(drop["published_test_loss"]) == 0.2146
     assert float(base["published_test_acc"]) == 0.9184
@@ -150,11 +183,16 @@ def test_ablation_markdown_shows_published_numbers_beside_intervals(store: Path)
     run_study(cfg, trainer=FakeTrainer(curve=scripted))
     report_study(cfg, console=quiet())
     md = (store / "reports" / "fashion_mnist_dropout" / "ablation.md").read_text()
-    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
-    welch = welch_p([0.85, 0.84, 0.89], [0.79, 0.81, 0.83])
-    assert "| 3/3 | 0.8100 ± 0.0497 | 0.9184 | baseline |" in lines["baseline"]
-    assert f"| +0.0500 | {welch:.3f} |" in lines["dropout"] and "0.9230" in lines["dropout"]
-    assert "0.2146" in lines["dropout"] and "0.4637" in lines["baseline"]
+    section = md.split("## test acc")[1].split("## ")[0]
+    lines = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if "|" in line}
+    paired = stats.ttest_rel([0.85, 0.84, 0.89], [0.79, 0.81, 0.83]).pvalue
+    assert "| 3/3 | 0.8100 ± 0.0497 |" in lines["baseline"] and "| 0.9184 |" in lines["baseline"]
+    assert "| +0.0500 ± 0.0430 |" in lines["dropout"]
+    assert f"| paired t | {paired:.3f} | {paired:.3f} | 1.00 | better |" in lines["dropout"]
+    assert "| 0.9230 | +0.0046 | confirmed |" in lines["dropout"]
+    loss = md.split("## test loss")[1]
+    assert "0.2146" in loss and "0.4637" in loss and "| -0.0500 ± 0.0430 |" in loss
+    assert "## val acc" in md and "## variants" in md
 
 
 def test_report_is_logged_to_the_parent_run(store: Path) -> None:
@@ -180,10 +218,12 @@ def test_partial_study_marks_its_rows(store: Path) -> None:
     assert (rows["baseline"]["n"], rows["baseline"]["status"]) == ("2", "1 waiting")
     assert (rows["dropout"]["n"], rows["dropout"]["status"]) == ("1", "2 waiting")
     assert rows["dropout"]["test_acc_ci_low"] == "" and rows["dropout"]["test_acc_p_value"] == ""
-    assert float(rows["dropout"]["test_acc_diff"]) == pytest.approx(0.85 - 0.80)
+    assert rows["dropout"]["test_acc_diff"] == ""  # one run: no difference to speak of
+    assert rows["dropout"]["test_acc_verdict"] == "undecided"
     printed = console.file.getvalue()
     assert "2/3 (1 waiting)" in printed and "1/3 (2 waiting)" in printed
-    assert "n/a" in printed and "partial rows" in printed
+    assert "n/a" in printed and "partial rows" in printed and "too few runs" in printed
+    assert "too few finished runs (1 here, 2 baseline)" in printed
 
 
 def test_nothing_finished_says_so(store: Path) -> None:
@@ -203,7 +243,7 @@ def test_missing_study_says_so_without_creating_one(store: Path) -> None:
 
 
 def test_report_command_exits_0_and_prints_published_numbers(store: Path) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "80"}
     command = [
         sys.executable,
         "-m",
@@ -218,6 +258,34 @@ def test_report_command_exits_0_and_prints_published_numbers(store: Path) -> Non
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "0.9184" in done.stdout and "0.9230" in done.stdout and "ablation.png" in done.stdout
+    # Piped, the tables follow COLUMNS.
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert "better" in done.stdout and "confirmed" in done.stdout
+
+
+def test_ablation_tables_fit_80_columns_without_splitting_a_number(store: Path) -> None:
+    def curve(spec) -> list[float]:
+        best = 0.8 + 0.01 * (len(spec.variant) % 5) + 0.005 * spec.repeat
+        return [best - 0.1, best]
+
+    cfg = compose("age_gap", "sweep.mode=ablation", "sweep.repeats=2", "train.epochs=2",
+                  "data.root=unused", store=store)  # fmt: skip
+    run_study(cfg, trainer=FakeTrainer(curve=curve))
+    console = Console(file=io.StringIO(), width=80)
+    report_study(cfg, console=console)
+    printed = console.file.getvalue()
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    rows = read_csv(store / "reports" / "age_gap" / "ablation.csv")
+    words = set(printed.split())
+    for row in rows.values():  # every printed number is whole on one line
+        for key in ("published_test_acc", "published_val_acc", "published_test_loss"):
+            if row[key]:
+                assert f"{float(row[key]):.4f}" in words
+        if row["test_acc_diff"]:
+            assert f"{float(row['test_acc_diff']):+.4f}" in words
+    # Long variant names fold at their joints: "dropout_0.2" is never cut inside "0.2".
+    assert not any(w.endswith(("_0", "_0.", "_0.0")) for w in words)
+    assert any(w.startswith("dropout_0.2+") for w in words)
 
 
 # -- search mode -------------------------------------------------------------------------------
@@ -243,7 +311,18 @@ def test_search_report_lists_best_trials_and_importances(store: Path) -> None:
     printed = console.file.getvalue()
     assert "best 3 of 8 complete trials" in printed
     assert "parameter importances (fANOVA)" in printed
-    assert "model.kernel_size" in (store / "reports" / "quickstart" / "search.md").read_text()
+    md = (store / "reports" / "quickstart" / "search.md").read_text()
+    table = md[md.index("## parameter importances") :]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "| importance |" not in ln]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    shown = {name: float(value) for name, value in cells}
+    study = optuna.load_study(study_name="quickstart", storage=_journal(store))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ranked = sorted(complete, key=lambda t: t.value, reverse=True)  # as the report ranks them
+    expected, _ = importances(ranked, study.direction)
+    assert shown == {k: pytest.approx(v, abs=5e-4) for k, v in expected.items()}
+    assert sum(shown.values()) == pytest.approx(1.0, abs=0.01)  # shares of the variance
+    assert list(shown) == sorted(shown, key=shown.get, reverse=True)  # ranked
 
 
 def test_importances_need_two_trials_and_a_varying_parameter() -> None:
@@ -258,6 +337,25 @@ def test_importances_need_two_trials_and_a_varying_parameter() -> None:
     assert same == ({}, "no parameter took more than one value")
     found, why_not = importances([trial(0.1, 0.5), trial(0.9, 0.6), trial(0.5, 0.55)], direction)
     assert list(found) == ["x"] and why_not == ""
+
+
+def test_importances_match_the_variance_shares_by_hand() -> None:
+    # A full factorial: value = x + 0.25 y, z has no effect. Variance of x over its five
+    # levels 0, .25, .., 1 is 0.125, of 0.25 y over 0/1 is 0.015625: shares 0.889 and 0.111.
+    dist = {k: optuna.distributions.FloatDistribution(0, 1) for k in "xyz"}
+    trials = [
+        optuna.trial.create_trial(
+            params={"x": x / 4, "y": y, "z": z}, distributions=dist, value=x / 4 + 0.25 * y
+        )
+        for x in range(5)
+        for y in (0.0, 1.0)
+        for z in (0.0, 1.0)
+    ]
+    found, _ = importances(trials, optuna.study.StudyDirection.MAXIMIZE)
+    assert list(found) == ["x", "y", "z"]  # ranked
+    assert found["x"] == pytest.approx(0.125 / 0.140625, abs=0.03)
+    assert found["y"] == pytest.approx(0.015625 / 0.140625, abs=0.03)
+    assert found["z"] == pytest.approx(0.0, abs=0.02)
 
 
 def _journal(store: Path):

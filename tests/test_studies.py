@@ -208,7 +208,7 @@ def test_study_runs_tiny_real_trials_and_reports_them(study: str, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_inspecting_a_fine_tuned_vgg_checkpoint(tmp_path: Path) -> None:
+def test_inspecting_a_fine_tuned_vgg_checkpoint(tmp_path: Path, monkeypatch) -> None:
     # One search trial whose base model is the fine-tuned VGG row, so it is the best trial.
     make_image_folder(
         tmp_path / "cd", classes=("cats", "dogs"), per_class=3, size=(48, 48), odd=False
@@ -234,13 +234,25 @@ def test_inspecting_a_fine_tuned_vgg_checkpoint(tmp_path: Path) -> None:
     raw["space"] = {"train": {"learning_rate": "log(1e-5, 1e-4)"}}
     cfg = load(raw, study="cats_dogs_transfer")
     assert run_study(cfg) == 0
+    import keras
+
+    loads = []
+    real_load = keras.saving.load_model
+
+    def spy_load(*args, **kwargs):
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(keras.saving, "load_model", spy_load)
     files = report_study(cfg, console=Console(file=io.StringIO()))
+    assert [kw.get("safe_mode") for kw in loads] == [True]  # the checkpoint, in safe mode
     inspect = {p.name for p in files if p.parent.name == "inspect"}
     assert {"filters_vgg19_block2_conv1.png", "filters_vgg19_block5_conv1.png"} <= inspect
     # VGG's convs carry their relu: 16 convs and 5 poolings, opened inside the nested base.
     assert len([n for n in inspect if n.startswith("activations_")]) == 21
     assert "activations_01_vgg19_block1_conv1.png" in inspect
-    assert {"correct.png", "wrong.png"} & inspect
+    # An untrained VGG on 3 + 3 test images gets some right and some wrong: both grids.
+    assert {"correct.png", "wrong.png"} <= inspect
 
 
 def _trials(cfg: RunConfig) -> list:

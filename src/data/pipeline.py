@@ -5,14 +5,15 @@ Imports TensorFlow; `sweeps.data` imports this module only on first use.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from .arrays import epoch_order, prepare_images
 from .augment import AugmentSpec
 from .base import ImageData, Split, as_size
-from .errors import DataError
 
 __all__ = ["AugmentSpec", "make_dataset", "make_datasets"]
 
@@ -47,22 +48,23 @@ def make_dataset(
         shuffle: Reshuffle the examples every epoch (train only).
         seed: Seed of the shuffle and of the augmentation; the same seed gives the same
             batches, epoch by epoch.
-        cache: Keep the resized images in memory after the first epoch, so the resize
-            runs once per trial rather than once per epoch.
+        cache: Accepted for older callers: the images are resized once, up front, and kept
+            in memory (uint8) either way.
     """
-    if channels not in (None, 1, 3):
-        raise DataError(f"make_dataset: channels={channels!r}, expected 1, 3 or None")
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
-    prepare = _prepare_fn(split.x.shape[1:], as_size(image_size, "make_dataset"), channels)
-    if prepare is not None:
-        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
-        if cache:
-            ds = ds.cache()
+    del cache
+    x = prepare_images(split.x, as_size(image_size, "make_dataset"), channels)
     if shuffle:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    # Rescale after batching and after the cache: one op per batch, and the cache holds
-    # uint8 (4x less memory than float32; 256x256 RGB splits reach gigabytes otherwise).
-    ds = ds.batch(batch_size).map(_rescale, num_parallel_calls=AUTOTUNE)
+        # The order comes from `arrays.epoch_order`, as in the PyDataset pipeline, so both
+        # backends' pipelines give the same batches for a seed; a batch of indices is gathered
+        # at once.
+        ds = _epoch_orders(len(split), seed).batch(batch_size)
+        images, labels = tf.constant(x), tf.constant(split.y)
+        ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, split.y)).batch(batch_size)
+    # Rescale after batching: one op per batch, and the prepared arrays stay uint8 (4x less
+    # memory than float32; 256x256 RGB splits reach gigabytes otherwise).
+    ds = ds.map(_rescale, num_parallel_calls=AUTOTUNE)
     if augment is not None and augment.active:
         ds = _augment(ds, augment, seed)
     return ds.prefetch(AUTOTUNE)
@@ -102,24 +104,20 @@ def make_datasets(
     }
 
 
-def _prepare_fn(
-    shape: tuple[int, ...], image_size: tuple[int, int] | None, channels: int | None
-) -> Any:
-    """The deterministic per-image map (resize, channel conversion), or None if a no-op."""
-    resize = image_size is not None and image_size != tuple(shape[:2])
-    convert = channels is not None and channels != shape[2]
-    if not (resize or convert):
-        return None
+def _epoch_orders(n: int, seed: int) -> tf.data.Dataset:
+    """The indices of one epoch, in `epoch_order`'s order; each new iteration is the next epoch.
 
-    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if resize:
-            x = tf.image.resize(x, image_size, method="bilinear")
-            x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
-        if convert:
-            x = tf.image.grayscale_to_rgb(x) if channels == 3 else tf.image.rgb_to_grayscale(x)
-        return x, y
+    Keras iterates a `tf.data.Dataset` afresh every epoch, one epoch after the other, so a
+    counter of iterations is the epoch number.
+    """
+    epochs = itertools.count()
 
-    return prepare
+    def order():
+        yield epoch_order(n, seed, next(epochs))
+
+    spec = tf.TensorSpec(shape=(n,), dtype=tf.int64)
+    ds = tf.data.Dataset.from_generator(order, output_signature=spec).unbatch()
+    return ds.apply(tf.data.experimental.assert_cardinality(n))
 
 
 def _rescale(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

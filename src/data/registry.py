@@ -1,9 +1,19 @@
-"""Datasets by name: a decorator registers a loader, `load_dataset` calls it."""
+"""Datasets by name: a decorator registers a loader, `load_dataset` calls it.
+
+A name of the form ``module:function`` (a config's ``data.loader``) is a loader from the user's
+own code, imported on first use with the working directory importable. It is called with the
+data config's other keys and returns an :class:`ImageData` (three :class:`Split`s of uint8
+images ``(N, H, W, C)`` and int64 labels, plus class names), checked as the built-in ones are.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 from .base import ImageData
@@ -32,23 +42,78 @@ def dataset_names() -> list[str]:
     return sorted(_LOADERS)
 
 
+def is_loader_path(name: str) -> bool:
+    """Whether ``name`` is a ``module:function`` path rather than a registered name."""
+    return ":" in name
+
+
+def resolve_loader(path: str, *, find_only: bool = False) -> Loader | None:
+    """Import the loader ``module:function`` names (the working directory is importable).
+
+    ``find_only`` checks that the module can be found without running it, and returns None.
+
+    Raises:
+        DataError: One line: the module does not import, or does not name a callable.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not (sep and module_name and attr):
+        raise DataError("not a module:function path (e.g. mypkg.data:load)")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    hint = f"give module:function on PYTHONPATH or in the working directory ({cwd})"
+    try:
+        if find_only:
+            if importlib.util.find_spec(module_name) is None:
+                raise DataError(f"cannot import module {module_name!r}; {hint}")
+            return None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise DataError(f"cannot import module {exc.name!r}; {hint}") from None
+        raise DataError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's module itself raised while importing
+        raise DataError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
+    loader = getattr(module, attr, None)
+    if loader is None:
+        raise DataError(f"module {module_name!r} has no {attr!r}; {hint}")
+    if not callable(loader):
+        raise DataError(f"{path} is a {type(loader).__name__}, not a function")
+    return loader
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def load_dataset(name: str, **kwargs: object) -> ImageData:
     """Load a registered dataset.
 
     Args:
-        name: A name from `dataset_names()`.
+        name: A name from `dataset_names()`, or a loader's ``module:function``.
         **kwargs: The loader's options. `None` values are dropped so that the loader's
             defaults apply (a config can leave an option as `null`).
 
     Raises:
         DataError: Unknown name, unknown or missing option, or a problem with the data.
     """
-    if name not in _LOADERS:
+    if is_loader_path(name):
+        try:
+            loader = resolve_loader(name)
+        except DataError as exc:
+            raise DataError(f"data.loader={name}: {exc}") from None
+    elif name in _LOADERS:
+        loader = _LOADERS[name]
+    else:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
-    loader = _LOADERS[name]
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     _check_options(name, loader, kwargs)
     data = loader(**kwargs)
+    if not isinstance(data, ImageData):
+        raise DataError(
+            f"data.loader={name} returned {type(data).__name__}, not a sweeps.data.ImageData"
+        )
     sizes = " ".join(f"{split}={n}" for split, n in data.sizes.items())
     log.info("%s: loaded %s images; skipped %d unreadable files", data.source, sizes, data.skipped)
     return data
@@ -57,10 +122,16 @@ def load_dataset(name: str, **kwargs: object) -> ImageData:
 def _check_options(name: str, loader: Loader, kwargs: dict[str, object]) -> None:
     params = inspect.signature(loader).parameters
     valid = ", ".join(params)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(kwargs) - set(params))
-    if unknown:
+    if unknown and not takes_any:
         raise DataError(f"dataset {name!r} has no option {', '.join(unknown)}; valid: {valid}")
-    required = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty]
+    required = [
+        p
+        for p, spec in params.items()
+        if spec.default is inspect.Parameter.empty
+        and spec.kind not in (spec.VAR_KEYWORD, spec.VAR_POSITIONAL)
+    ]
     missing = [p for p in required if p not in kwargs]
     if missing:
         raise DataError(f"dataset {name!r} needs option {', '.join(missing)}; valid: {valid}")

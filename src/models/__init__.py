@@ -11,9 +11,12 @@ from sweeps.models.names import ACTIVATIONS, OPTIMIZERS, PADDINGS, POOLINGS, TRA
 from sweeps.models.registry import (
     LayerShape,
     check_architecture,
+    check_arguments,
     create_model,
+    is_builder_path,
     model_names,
     register_model,
+    resolve_builder,
 )
 
 __all__ = [
@@ -26,7 +29,10 @@ __all__ = [
     "LayerShape",
     "ModelConfigError",
     "check_architecture",
+    "check_arguments",
     "create_model",
+    "is_builder_path",
     "model_names",
     "register_model",
+    "resolve_builder",
 ]

@@ -56,6 +56,8 @@ def classifier_head(
         if dropout > 0:
             x = keras.layers.Dropout(dropout, name=f"dense{j}_drop")(x)
     # One sigmoid unit for two classes matches the studies' binary cross-entropy on 0/1 labels.
+    # float32 whatever the dtype policy: a bfloat16/float16 softmax or sigmoid loses the small
+    # probabilities the loss takes the log of (Keras's mixed-precision guide).
     if num_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid", name="output")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="output")(x)
+        return keras.layers.Dense(1, activation="sigmoid", name="output", dtype="float32")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="output", dtype="float32")(x)

@@ -2,11 +2,21 @@
 
 Registering imports nothing heavy: builders import Keras inside their bodies, so the CLI can list
 models and check architectures without loading TensorFlow.
+
+A name of the form ``module:function`` (a config's ``model.builder``) is a builder from the
+user's own code, imported on first use, with the working directory importable. It is called
+like the registered ones, ``builder(input_shape, num_classes, **hyperparameters)``, and must
+return an uncompiled ``keras.Model`` whose output is one sigmoid unit for two classes, else
+``num_classes`` softmax units (see ``sweeps.models.compile``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,6 +74,57 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_builder_path(name: str) -> bool:
+    """Whether ``name`` is a ``module:function`` path rather than a registered name."""
+    return ":" in name
+
+
+def resolve_builder(path: str, *, find_only: bool = False) -> Builder | None:
+    """Import the builder ``module:function`` names.
+
+    The working directory is importable (appended to ``sys.path`` when missing), so a project's
+    ``mypkg/models.py`` next to its ``conf/`` works without installing it. ``find_only`` checks
+    that the module can be found without running it (nor the Keras it imports) and returns None.
+
+    Raises:
+        ModelConfigError: One line: the module does not import, or does not name a callable.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not (sep and module_name and attr):
+        raise ModelConfigError("not a module:function path (e.g. mypkg.models:build)")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    hint = f"give module:function on PYTHONPATH or in the working directory ({cwd})"
+    try:
+        if find_only:
+            if importlib.util.find_spec(module_name) is None:
+                raise ModelConfigError(f"cannot import module {module_name!r}; {hint}")
+            return None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise ModelConfigError(f"cannot import module {exc.name!r}; {hint}") from None
+        raise ModelConfigError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's module itself raised while importing
+        raise ModelConfigError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
+    builder = getattr(module, attr, None)
+    if builder is None:
+        raise ModelConfigError(f"module {module_name!r} has no {attr!r}; {hint}")
+    if not callable(builder):
+        raise ModelConfigError(f"{path} is a {type(builder).__name__}, not a function")
+    return builder
+
+
+def check_arguments(name: str, **kwargs: Any) -> None:
+    """Reject hyperparameters the builder does not take, without building anything.
+
+    Raises:
+        ModelConfigError: Unknown model or argument, or a required argument missing.
+    """
+    _bind(name, _lookup(name).builder, None, None, kwargs)
+
+
 def check_architecture(
     name: str, *, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any
 ) -> list[LayerShape]:
@@ -92,10 +153,29 @@ def create_model(
 ) -> keras.Model:
     """Build a registered model; arguments as for `check_architecture`, which runs first."""
     check_architecture(name, input_shape=input_shape, num_classes=num_classes, **kwargs)
-    return _lookup(name).builder(tuple(input_shape), num_classes, **_drop_none(kwargs))
+    builder = _lookup(name).builder
+    if not is_builder_path(name):
+        return builder(tuple(input_shape), num_classes, **_drop_none(kwargs))
+    try:  # the user's code: its shape errors become a one-line config error, as for ours
+        model = builder(tuple(input_shape), num_classes, **_drop_none(kwargs))
+    except (ValueError, TypeError) as exc:
+        raise ModelConfigError(f"model {name}: building failed: {_first_line(exc)}") from exc
+    if not hasattr(model, "count_params"):
+        raise ModelConfigError(f"model {name} returned {type(model).__name__}, not a keras.Model")
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _lookup(name: str) -> _Entry:
+    if is_builder_path(name):
+        try:
+            return _Entry(resolve_builder(name), None)
+        except ModelConfigError as exc:
+            raise ModelConfigError(f"model.builder={name}: {exc}") from None
     if name not in _REGISTRY:
         raise ModelConfigError(
             f"model={name!r} is not registered: choose one of {', '.join(model_names())}"
@@ -113,13 +193,18 @@ def _bind(
 ) -> dict[str, Any]:
     """Return the builder's full arguments (defaults applied) or reject unknown keys."""
     signature = inspect.signature(builder)
-    accepted = [param for param in signature.parameters if param not in _IO_PARAMS]
+    params = signature.parameters.values()
+    accepted = [p.name for p in params if p.name not in _IO_PARAMS and p.kind != p.VAR_KEYWORD]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
     unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise ModelConfigError(
             f"model {name!r} got unknown argument(s) {', '.join(unknown)}: "
-            f"accepted are {', '.join(accepted)}"
+            f"accepted are {', '.join(accepted) or 'none'}"
         )
-    bound = signature.bind(input_shape, num_classes, **_drop_none(kwargs))
+    try:
+        bound = signature.bind(input_shape, num_classes, **_drop_none(kwargs))
+    except TypeError as exc:  # a required hyperparameter left out, or a builder of no inputs
+        raise ModelConfigError(f"model {name!r}: {exc}; set it under model:") from None
     bound.apply_defaults()
     return bound.arguments

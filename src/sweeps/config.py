@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.backend import BACKENDS
 from sweeps.errors import ConfigError
+from sweeps.precision import PRECISIONS
 from sweeps.space import Param, parse_space
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
@@ -33,12 +35,21 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float | None = None
     augment: dict | None = None
-    verbose: int = 2
+    verbose: int = 0  # 2: Keras's own line per epoch, beside sweeps' trial view
     threads: int | None = None
-    mixed_precision: bool = False
+    # auto: mixed bfloat16 on CPUs with bfloat16 instructions, mixed float16 on GPUs of compute
+    # capability >= 7.0, float32 elsewhere (sweeps.precision).
+    precision: str = "auto"
+    # Stop a trial when sweep.metric has not improved for this many epochs (None: never).
+    patience: int | None = None
     jit_compile: bool = False
     # A fresh process per trial returns all GPU memory to the driver when the trial ends.
     subprocess: bool = False
+    # Keras backend of each trial's process: tensorflow, jax or torch (conf: KERAS_BACKEND's
+    # value when set). In-process trials run on the worker's backend (sweeps.backend).
+    backend: str = "tensorflow"
+    # Per-process cap on GPU memory (MB), so that sweep.trials_per_gpu workers share a card.
+    gpu_memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,15 +65,40 @@ class SweepConfig:
     metric: str = "val_acc"
     startup_trials: int = 5
     warmup_epochs: int = 1
-    repeats: int = 3
+    # Ablation seeds per variant: an int, or "auto": min_repeats first, then one more round
+    # at a time for the variants still undecided, up to max_repeats (sweeps.verdict).
+    repeats: int | str = 3
+    min_repeats: int = 3
+    max_repeats: int = 10
     # None: derived from `seed` and the worker process, so that workers sharing a study do
     # not all sample the same points; an int replays one worker's sequence exactly.
     sampler_seed: int | None = None
     allow_space_change: bool = False
+    # Worker processes this `run` starts (an int, or "auto": one per visible GPU), and how
+    # many of them share each card; see sweeps.launcher.
+    workers: int | str = 1
+    trials_per_gpu: int = 1
+    # TPE's constant liar: "auto" turns it on when more than one worker shares the study.
+    constant_liar: bool | str = "auto"
 
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def auto_repeats(self) -> bool:
+        """Whether the ablation adds repeats only where the verdict is still open."""
+        return self.repeats == "auto"
+
+    @property
+    def first_repeats(self) -> int:
+        """Repeats every variant gets before any verdict is looked at."""
+        return self.min_repeats if self.auto_repeats else int(self.repeats)
+
+    @property
+    def repeat_budget(self) -> int:
+        """The most repeats a variant can get."""
+        return self.max_repeats if self.auto_repeats else int(self.repeats)
 
 
 @dataclass(frozen=True)
@@ -157,6 +193,7 @@ def load(raw: Mapping[str, Any], study: str = "") -> RunConfig:
         raise ConfigError(
             f"unknown top-level key '{unknown[0]}'; valid: {', '.join(sorted(known))}"
         )
+    _check_renamed(raw.get("train") or {})
     sweep = parse_section(SweepConfig, raw.get("sweep"), "sweep")
     if not sweep.name:
         if not study:
@@ -176,6 +213,16 @@ def load(raw: Mapping[str, Any], study: str = "") -> RunConfig:
     )
     validate(cfg)
     return cfg
+
+
+def _check_renamed(train: dict[str, Any]) -> None:
+    """Refuses keys that were renamed, naming the new key; drops them when left unset."""
+    if train.get("mixed_precision") is not None:
+        raise ConfigError(
+            f"train.mixed_precision={train['mixed_precision']!r} was replaced by train.precision: "
+            "use train.precision=mixed_float16 (GPU), mixed_bfloat16, float32 or auto"
+        )
+    train.pop("mixed_precision", None)
 
 
 def _variants(ablation: Mapping[str, Any]) -> list[Variant]:
@@ -240,6 +287,8 @@ def _names(key: str) -> tuple[str, ...]:
         "model.pool_padding": names.PADDINGS,
         "model.base": names.TRANSFER_BASES,
         "train.optimizer": names.OPTIMIZERS,
+        "train.backend": BACKENDS,
+        "train.precision": PRECISIONS,
         "sweep.sampler": SAMPLERS,
         "sweep.pruner": PRUNERS,
         "sweep.mode": MODES,
@@ -260,6 +309,15 @@ def _rule(key: str, value: Any) -> str | None:
     if key.endswith("dropout") or key.endswith("_fraction"):
         ok = isinstance(value, (int, float)) and 0 <= value < 1
         return None if ok else "must be >= 0 and < 1"
+    if key == "sweep.workers":
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ok = value == "auto" or whole
+        return None if ok else "must be a whole number >= 1, or auto (one per visible GPU)"
+    if key == "sweep.constant_liar":
+        return None if value == "auto" or isinstance(value, bool) else "must be auto, true or false"
+    if key == "sweep.repeats":
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        return None if whole or value == "auto" else "must be a whole number >= 1 or auto"
     if key in _POSITIVE_INT:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else "must be a whole number >= 1"
@@ -278,15 +336,19 @@ _POSITIVE_INT = {
     "train.epochs",
     "train.batch_size",
     "sweep.n_trials",
-    "sweep.repeats",
+    "sweep.min_repeats",
+    "sweep.max_repeats",
     "model.kernel_size",
     "model.pool_size",
     "model.depth",
     "model.filters",
     "model.dense_units",
     "train.threads",
+    "train.patience",
     "storage.heartbeat_interval",
     "storage.grace_period",
+    "sweep.trials_per_gpu",
+    "train.gpu_memory_mb",
 }
 _POSITIVE = {"train.learning_rate", "sweep.timeout", "model.leaky_alpha"}
 
@@ -307,24 +369,35 @@ def check_value(key: str, value: Any, where: str = "") -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Checks every fixed value, every value the space can produce and every ablation variant."""
+    """Checks every fixed value, every value the space can produce and every ablation variant.
+
+    The built-in models' value rules (activation names, ...) do not apply to the keys of a
+    user's own ``model.builder``: that builder owns its keys.
+    """
+    own = own_builder(cfg.model) is not None
     for section in ("model", "train", "sweep", "storage"):
+        if section == "model" and own:
+            continue
         for key, value in _flatten(cfg.raw.get(section) or {}, f"{section}."):
             check_value(key, value)
     for p in cfg.space:
+        if own and p.name.startswith("model."):
+            continue
         for value in p.extremes():
             check_value(p.name, value, where=f"space.{p.name}: {p.expr}")
     for v in cfg.variants:
-        apply_overrides(cfg.raw, v.overrides)
+        variant_own = own_builder(apply_overrides(cfg.raw, v.overrides)["model"]) is not None
         for key, value in v.overrides.items():
             flat = _flatten(value, f"{key}.") if isinstance(value, Mapping) else [(key, value)]
             for k, val in flat:
-                check_value(k, val, where=f"ablation variant '{v.name}': {k}")
+                if not (variant_own and k.startswith("model.")):
+                    check_value(k, val, where=f"ablation variant '{v.name}': {k}")
     if cfg.sweep.mode == "ablation" and not cfg.variants:
         raise ConfigError(
             f"sweep.mode=ablation but study '{cfg.study}' declares no ablation variants; "
             "use sweep.mode=search"
         )
+    _check_repeats(cfg)
     if cfg.sweep.mode == "search" and not cfg.space:
         raise ConfigError(
             f"sweep.mode=search but study '{cfg.study}' declares no search space (space:)"
@@ -332,17 +405,140 @@ def validate(cfg: RunConfig) -> None:
     _check_registries(cfg)
 
 
-def _check_registries(cfg: RunConfig) -> None:
-    from sweeps.data import dataset_names
-    from sweeps.models import model_names
+def _check_repeats(cfg: RunConfig) -> None:
+    """repeats=auto needs 2 <= min_repeats <= max_repeats; report.margin is an accuracy."""
+    from sweeps.verdict import margin_of
 
-    models = [cfg.model.get("name")] + [
-        v.overrides["model"].get("name") for v in cfg.variants if "model" in v.overrides
-    ]
-    for name in models:
+    sweep = cfg.sweep
+    if sweep.auto_repeats and not 2 <= sweep.min_repeats <= sweep.max_repeats:
+        raise ConfigError(
+            f"sweep.min_repeats={sweep.min_repeats}, sweep.max_repeats={sweep.max_repeats}: "
+            "sweep.repeats=auto needs 2 <= min_repeats <= max_repeats (a t test needs 2 runs)"
+        )
+    margin_of(cfg)
+
+
+def own_builder(model: Mapping[str, Any]) -> str | None:
+    """The ``module:function`` of a user's own model builder (``model.builder``), or None."""
+    builder = model.get("builder")
+    return None if builder is None else str(builder)
+
+
+def model_key(model: Mapping[str, Any]) -> str:
+    """What the model registry is asked for: ``model.builder`` when set, else ``model.name``."""
+    return own_builder(model) or str(model.get("name"))
+
+
+# Keys sweeps reads itself; every other model key is a builder argument.
+MODEL_OWN_KEYS = ("name", "builder", "input_size")
+
+
+def _check_registries(cfg: RunConfig) -> None:
+    from sweeps.models import ModelConfigError, check_arguments
+
+    models = [cfg.model] + [apply_overrides(cfg.raw, v.overrides)["model"] for v in cfg.variants]
+    space_keys = [p.name.removeprefix("model.") for p in cfg.space if p.name.startswith("model.")]
+    for i, model in enumerate(models):
+        key = _check_model_name(model)
+        if own_builder(model) is not None:
+            continue  # its arguments are checked by check_own_code, which imports it
+        arguments = {k: v for k, v in model.items() if k not in MODEL_OWN_KEYS}
+        if i == 0:  # the space is searched on the base model; variants are ablation rows
+            arguments.update(
+                {k: None for k in space_keys if k not in (*arguments, *MODEL_OWN_KEYS)}
+            )
+        try:
+            check_arguments(key, **arguments)
+        except ModelConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    _check_data_name(cfg.data)
+
+
+def check_own_code(cfg: RunConfig) -> None:
+    """Imports the user's own builder and loader and checks the builder's arguments.
+
+    ``load`` only checks that their modules can be found, so that ``report`` does not import
+    the Keras they import; ``run`` and ``plan`` call this before anything trains or builds.
+
+    Raises:
+        ConfigError: one line, when a module does not import, a name is not a function, or
+            the builder does not take a model key.
+    """
+    from sweeps.data import DataError, resolve_loader
+    from sweeps.models import ModelConfigError, check_arguments, resolve_builder
+
+    models = [cfg.model] + [apply_overrides(cfg.raw, v.overrides)["model"] for v in cfg.variants]
+    space_keys = [p.name.removeprefix("model.") for p in cfg.space if p.name.startswith("model.")]
+    for i, model in enumerate(models):
+        builder = own_builder(model)
+        if builder is None:
+            continue
+        arguments = {k: v for k, v in model.items() if k not in MODEL_OWN_KEYS}
+        if i == 0:  # the space is searched on the base model; variants are ablation rows
+            arguments.update(
+                {k: None for k in space_keys if k not in (*arguments, *MODEL_OWN_KEYS)}
+            )
+        try:
+            resolve_builder(builder)
+            check_arguments(builder, **arguments)
+        except ModelConfigError as exc:
+            message = str(exc)
+            prefix = f"model.builder={builder}: "
+            raise ConfigError(message if message.startswith(prefix) else prefix + message) from None
+    loader = cfg.data.get("loader")
+    if loader is not None:
+        try:
+            resolve_loader(str(loader))
+        except DataError as exc:
+            raise ConfigError(f"data.loader={loader}: {exc}") from None
+
+
+def _check_model_name(model: Mapping[str, Any]) -> str:
+    """Checks ``model.name`` against the registry, or imports ``model.builder``."""
+    from sweeps.models import ModelConfigError, model_names, resolve_builder
+
+    builder, name = own_builder(model), model.get("name")
+    if builder is None:
         if name not in model_names():
             raise ConfigError(f"model.name={name!r}: valid models: {', '.join(model_names())}")
-    if cfg.data.get("name") not in dataset_names():
+        return str(name)
+    if builder == "???":
         raise ConfigError(
-            f"data.name={cfg.data.get('name')!r}: valid datasets: {', '.join(dataset_names())}"
+            "model.builder is not set: give model.builder=module:function (your Keras builder)"
         )
+    if name is not None:
+        raise ConfigError(
+            f"model.builder={builder} and model.name={name} are both set: start the study from "
+            f"`- override /model: builder` (the {name} keys are not your builder's)"
+        )
+    try:
+        resolve_builder(builder, find_only=True)
+    except ModelConfigError as exc:
+        raise ConfigError(f"model.builder={builder}: {exc}") from None
+    return builder
+
+
+def _check_data_name(data: Mapping[str, Any]) -> None:
+    """Checks ``data.name`` against the registry, or imports ``data.loader``."""
+    from sweeps.data import DataError, dataset_names, resolve_loader
+
+    loader = data.get("loader")
+    if loader is None:
+        if data.get("name") not in dataset_names():
+            raise ConfigError(
+                f"data.name={data.get('name')!r}: valid datasets: {', '.join(dataset_names())}"
+            )
+        return
+    if loader == "???":
+        raise ConfigError(
+            "data.loader is not set: give data.loader=module:function (returning ImageData)"
+        )
+    if data.get("name") is not None:
+        raise ConfigError(
+            f"data.loader={loader} and data.name={data['name']} are both set: start the study "
+            f"from `- override /data: loader` (the {data['name']} keys are not your loader's)"
+        )
+    try:
+        resolve_loader(str(loader), find_only=True)
+    except DataError as exc:
+        raise ConfigError(f"data.loader={loader}: {exc}") from None

@@ -24,7 +24,7 @@ from sweeps.lifecycle import (  # noqa: F401  (re-exported: the names reports an
     TrialLifecycle,
 )
 from sweeps.space import signature
-from sweeps.storage import WORKER_ATTR, fail_dead_local_trials, worker_id
+from sweeps.storage import WORKER_ATTR, fail_dead_local_trials, replaced_numbers, worker_id
 from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.engine")
@@ -54,7 +54,12 @@ class Summary:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_number: int | None = None
+    best_test: dict[str, float] = field(default_factory=dict)  # the best trial's test metrics
     interrupted: Interrupted | None = None
+    complete: bool = False  # the study has every trial it needs
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run: str = ""
 
 
 class Engine:
@@ -68,6 +73,7 @@ class Engine:
         sampler: Optuna sampler; pruner: Optuna pruner.
         data_info: Tags describing the dataset (fingerprint, skipped files, sizes).
         progress: Progress display, or None for none.
+        tags: More tags for the parent run and every trial run (the Keras backend).
     """
 
     def __init__(
@@ -76,12 +82,13 @@ class Engine:
         *,
         storage: Any,
         tracker: Any,
-        trainer: Trainer,
+        trainer: Trainer | None,
         sampler: Any,
         pruner: Any,
         data_info: dict[str, Any] | None = None,
         progress: Progress | None = None,
         git_commit: str = "",
+        tags: dict[str, str] | None = None,
     ) -> None:
         import optuna
 
@@ -91,6 +98,7 @@ class Engine:
         self.progress = progress
         self.data_info = dict(data_info or {})
         self.git_commit = git_commit
+        self.extra_tags = dict(tags or {})  # e.g. the Keras backend and its version
         self.study = optuna.create_study(
             storage=storage,
             study_name=cfg.sweep.name,
@@ -146,38 +154,75 @@ class Engine:
             )
 
     def _common_tags(self) -> dict[str, str]:
+        from sweeps.launcher import placement_tags
+
         tags = {"sweeps.study": self.cfg.sweep.name, "sweeps.mode": self.cfg.sweep.mode}
+        tags.update(placement_tags())  # sweeps.host, sweeps.device
         if self.git_commit:
             tags["sweeps.git_commit"] = self.git_commit
         for key, value in self.data_info.items():
             tags[f"sweeps.data.{key}"] = str(value)
+        tags.update(self.extra_tags)
         return tags
 
     # -- ablation ------------------------------------------------------------------------------
 
     def enqueue_ablation(self) -> int:
-        """Enqueues every variant x repeat not already in the study; returns how many."""
+        """Enqueues every variant x first-round repeat not already in the study; returns how
+        many. With ``sweep.repeats=auto`` later rounds are enqueued by :meth:`_auto_round`."""
+        first = self.cfg.sweep.first_repeats
+        keys = [(v.name, r) for r in range(first) for v in self.cfg.variants]
+        return self._enqueue(keys)
+
+    def _ablation_keys(self) -> set[tuple[Any, Any]]:
+        """``(variant, repeat)`` of every ablation trial in the study, queued ones included,
+        but not failed trials already retried (their retry holds the key)."""
         from optuna.trial import TrialState
 
         self._counts()  # refreshes which failed trials were already retried
         existing = set()
         for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.FAIL and self._replaced(t):
+            if t.state == TrialState.FAIL and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)):
                 continue
-            key = (t.params.get(VARIANT_PARAM), t.params.get(REPEAT_PARAM))
-            fixed = t.system_attrs.get("fixed_params") or {}
-            existing.add(
-                key if key[0] is not None else (fixed.get(VARIANT_PARAM), fixed.get(REPEAT_PARAM))
-            )
+            existing.add(_ablation_key(t))
+        return existing
+
+    def _enqueue(self, keys: list[tuple[str, int]]) -> int:
+        """Enqueues the ablation trials of ``keys`` the study does not hold yet.
+
+        Keyed by (variant, repeat), so every worker may call it; two workers enqueuing the
+        same key at the same instant leave a duplicate, which :meth:`_duplicate` drops.
+        """
+        existing = self._ablation_keys()
         added = 0
-        for repeat in range(self.cfg.sweep.repeats):
-            for v in self.cfg.variants:
-                if (v.name, repeat) in existing:
-                    continue
-                self.study.enqueue_trial(
-                    {VARIANT_PARAM: v.name, REPEAT_PARAM: repeat}, skip_if_exists=True
-                )
-                added += 1
+        for name, repeat in keys:
+            if (name, repeat) in existing:
+                continue
+            self.study.enqueue_trial(
+                {VARIANT_PARAM: name, REPEAT_PARAM: repeat}, skip_if_exists=True
+            )
+            existing.add((name, repeat))
+            added += 1
+        return added
+
+    def _auto_round(self) -> int:
+        """repeats=auto, once a round has finished: one more repeat for every variant still
+        undecided on the decision metric (and for the baseline), until ``max_repeats``.
+
+        The verdicts are computed from the trials alone, so any worker, after any restart,
+        finds the same next round; what each variant got and why it stopped is recorded in
+        the study's user attribute ``sweeps.auto_repeats``. Returns the trials enqueued.
+        """
+        from sweeps.verdict import AUTO_ATTR, auto_plan
+
+        trials = self.study.get_trials(deepcopy=False)
+        record = self.study.user_attrs.get(AUTO_ATTR)
+        plan = auto_plan(self.cfg, trials, record)
+        if plan.record != record:
+            self.study.set_user_attr(AUTO_ATTR, plan.record)
+        added = self._enqueue(plan.enqueue)
+        if added:
+            log.info("repeats=auto: %d more trials for %s", added, ", ".join(plan.open))
         return added
 
     def _replaced(self, t: Any) -> bool:
@@ -195,6 +240,8 @@ class Engine:
             added = self.enqueue_ablation()
             if added:
                 log.info("enqueued %d ablation trials", added)
+        if self.trainer is not None and self._has_work(*self._counts()):
+            self.tracker.reopen_run(self.parent_run)  # a finished study given more trials
         started = time.monotonic()
         if self.progress:
             self.progress.start(self._target(), self._counts()[0])
@@ -206,6 +253,8 @@ class Engine:
                     log.info("sweep.timeout of %ss reached; not starting more trials", timeout)
                     break
                 if self._has_work(done, running, waiting):
+                    if self.trainer is None:  # another worker enqueued after has_work()
+                        break
                     state = self.run_one()
                     if state != "SURPLUS":
                         summary.ran[state] = summary.ran.get(state, 0) + 1
@@ -224,11 +273,71 @@ class Engine:
             best = self.study.best_trial
             summary.best_value, summary.best_params = best.value, dict(best.params)
             summary.best_number = best.number
+            summary.best_test = {
+                k: float(v) for k, v in best.user_attrs.items() if k.startswith("test_")
+            }
+        summary.tracking_uri = str(getattr(self.tracker, "uri", ""))
+        summary.experiment_id = str(getattr(self.tracker, "experiment_id", ""))
+        summary.parent_run = self.parent_run
+        summary.complete = self._close_parent(summary)
         return summary
+
+    def has_work(self) -> bool:
+        """Whether this worker has trials to run or to wait for.
+
+        Recovers dead workers' trials and enqueues the ablation first, so the answer is
+        final; the `run` command asks before it loads any data or imports TensorFlow.
+        """
+        self._recover_dead()
+        if self.cfg.sweep.mode == "ablation":
+            self.enqueue_ablation()
+        done, running, waiting = self._counts()
+        return self._has_work(done, running, waiting) or bool(running)
+
+    def attach(
+        self,
+        trainer: Trainer,
+        data_info: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Hands over the trainer (and its dataset's tags) once :meth:`has_work` said yes."""
+        self.trainer = self.trials.trainer = trainer
+        self.data_info.update(data_info or {})
+        self.extra_tags.update(tags or {})
+        self.trials.tags = self._common_tags()
+        self.tracker.set_tags(self.parent_run, self._common_tags())
+
+    def _close_parent(self, summary: Summary) -> bool:
+        """Writes the study's summary on the parent run and ends it; True when complete.
+
+        FINISHED when the study has all its trials, KILLED when it stopped short and no
+        trial runs anywhere; left RUNNING while other workers' trials run (the last one to
+        stop writes the final summary). Returns whether the study is complete.
+        """
+        from sweeps.parent import summarize
+        from sweeps.tracking import FINISHED, KILLED
+
+        done, running, waiting = self._counts()
+        complete = not running and not self._has_work(done, running, waiting)
+        counted = [t for t in self.study.get_trials(deepcopy=False) if not self._excluded(t)]
+        variants = [v.name for v in self.cfg.variants] if self.cfg.sweep.mode == "ablation" else []
+        maximize = self.study.direction.name == "MAXIMIZE"
+        result = summarize(counted, self.cfg.sweep.metric, maximize, variants)
+        state = "COMPLETE" if complete else "INTERRUPTED" if summary.interrupted else "INCOMPLETE"
+        try:
+            tags = {**result.tags, "sweeps.state": state}
+            self.tracker.summarize_run(self.parent_run, result.metrics, result.params, tags)
+            if complete or not running:
+                self.tracker.end_run(self.parent_run, FINISHED if complete else KILLED)
+        except Exception as exc:  # the study's results are in Optuna whatever MLflow says
+            log.warning("could not write the study's summary to MLflow: %s", one_line(exc))
+        return complete
 
     def _target(self) -> int | None:
         if self.cfg.sweep.mode == "ablation":
-            return len(self.cfg.variants) * self.cfg.sweep.repeats
+            if self.cfg.sweep.auto_repeats:
+                return None  # decided round by round
+            return len(self.cfg.variants) * self.cfg.sweep.repeat_budget
         return self.cfg.sweep.n_trials
 
     def _counts(self) -> tuple[int, int, int]:
@@ -236,9 +345,7 @@ class Engine:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
-        self._retried_numbers = {
-            n for t in trials if (n := t.system_attrs.get("failed_trial")) is not None
-        }
+        self._retried_numbers = replaced_numbers(trials)
         done = running = waiting = 0
         for t in trials:
             if self._other_mode(t):
@@ -254,7 +361,14 @@ class Engine:
         return done, running, waiting
 
     def _has_work(self, done: int, running: int, waiting: int) -> bool:
+        """Whether a trial waits to be started (search: or may still be sampled).
+
+        With ``sweep.repeats=auto``, a finished round (nothing waiting or running) enqueues
+        the next one here, so every caller sees the study as unfinished while it has one.
+        """
         if waiting or self.cfg.sweep.mode == "ablation":
+            if not waiting and not running and self.cfg.sweep.auto_repeats:
+                return self._auto_round() > 0
             return bool(waiting)
         return done + running < self.cfg.sweep.n_trials
 
@@ -307,10 +421,37 @@ class Engine:
             trial.set_user_attr("sweeps.reason", "surplus: another worker started the last trial")
             self.study.tell(trial, state=_state("FAIL"))
             return "SURPLUS"
+        if self._duplicate(trial):
+            trial.set_user_attr(_SPURIOUS, True)
+            trial.set_user_attr("sweeps.reason", "duplicate: another worker queued this repeat")
+            self.study.tell(trial, state=_state("FAIL"))
+            return "SURPLUS"
         trial.set_user_attr(WORKER_ATTR, worker_id())
         if trial.user_attrs.get("sweeps.reason"):  # a retry inherits its original's attrs
             trial.set_user_attr("sweeps.reason", "")
         return self.trials.run(trial)
+
+    def _duplicate(self, trial: Any) -> bool:
+        """Whether a queued ablation trial repeats the (variant, repeat) of an earlier one.
+
+        Two workers ending a round together may both enqueue its next repeats; the storage
+        numbers trials atomically, so the later copy is dropped. Retries never are.
+        """
+        if self.cfg.sweep.mode != "ablation":
+            return False
+        frozen = _frozen(trial)
+        if "failed_trial" in frozen.system_attrs:
+            return False
+        key = _ablation_key(frozen)
+        if key[0] is None:
+            return False
+        self._counts()  # refreshes which failed trials were already retried
+        return any(
+            t.number < trial.number
+            and _ablation_key(t) == key
+            and not (t.state.name == "FAIL" and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)))
+            for t in self.study.get_trials(deepcopy=False)
+        )
 
     def _surplus(self, trial: Any) -> bool:
         """Whether a fresh search trial lies beyond ``sweep.n_trials``.
@@ -345,6 +486,16 @@ class Engine:
         fixed = t.system_attrs.get("fixed_params") or {}
         is_ablation = VARIANT_PARAM in t.params or VARIANT_PARAM in fixed
         return is_ablation != (self.cfg.sweep.mode == "ablation")
+
+
+_SPURIOUS = "sweeps.spurious"  # a trial dropped unrun: surplus or a duplicate
+
+
+def _ablation_key(t: Any) -> tuple[Any, Any]:
+    """``(variant, repeat)`` of a frozen trial, from its params or, while queued, its fixed
+    params; ``(None, None)`` for a search trial."""
+    params = t.params if VARIANT_PARAM in t.params else t.system_attrs.get("fixed_params") or {}
+    return params.get(VARIANT_PARAM), params.get(REPEAT_PARAM)
 
 
 def _frozen(trial: Any) -> Any:

@@ -5,7 +5,8 @@
   from a grey image with faint noise, gradients normalised by their RMS + 1e-5 (seed 004).
 - Grids of correctly and wrongly classified test images (seed 003).
 
-Runs at the end of ``report`` with ``report.inspect=true``; TensorFlow is imported here only.
+Runs at the end of ``report`` with ``report.inspect=true``, on any Keras backend (the gradient
+ascent has one small step function per backend; TensorFlow is imported for its own only).
 """
 
 from __future__ import annotations
@@ -110,15 +111,13 @@ def _load_checkpoint(trial: Any, tracker: Any | None, console: Console) -> keras
 
 def sample_test_images(model: keras.Model, split: Any, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``limit`` test images spread over the split, prepared as the trainer feeds them."""
-    from sweeps.data import Split, make_dataset
+    from sweeps.data.arrays import prepare_images
 
     idx = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).astype(int))
     h, w, c = model.input_shape[1:]
-    ds = make_dataset(
-        Split(split.x[idx], split.y[idx]), batch_size=128, image_size=(h, w), channels=c
-    )
-    batches = [(xb.numpy(), yb.numpy()) for xb, yb in ds]
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    # The pipelines' own preparation and rescale, without either pipeline: any backend.
+    x = prepare_images(split.x[idx], (h, w), c).astype("float32") / 255.0
+    return x, split.y[idx]
 
 
 def predict_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -242,6 +241,8 @@ def _visible(feature_map: np.ndarray) -> np.ndarray:
 
 def activation_grids(model: keras.Model, image: np.ndarray, out: Path, maps: int) -> list[Path]:
     """One PNG per feature-map layer: its first ``maps`` channels for one image."""
+    import keras
+
     names = activation_layers(model)
     if not names:
         return []
@@ -249,7 +250,7 @@ def activation_grids(model: keras.Model, image: np.ndarray, out: Path, maps: int
     outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
     paths = []
     for i, (name, act) in enumerate(zip(names, outputs, strict=True), start=1):
-        act = np.asarray(act)[0]
+        act = keras.ops.convert_to_numpy(act)[0]  # a torch tensor may carry a gradient
         n = min(maps, act.shape[-1])
         fig, axes = _grid_figure(n, cols=8)
         for j, ax in enumerate(axes):
@@ -268,30 +269,79 @@ def filter_patterns(
     activation of its filter for ``steps`` steps of 1/255 along the gradient normalised by its
     RMS + 1e-5, the recipe of Chollet's book that seed 004 follows.
     """
-    import tensorflow as tf
+    import keras
 
     channels = model.input_shape[-1]
     extractor = feature_model(model, [layer], input_shape=(size, size, channels))
-    n = min(filters, extractor.output.shape[-1])
+    depth = extractor.output.shape[-1]
+    n = min(filters, depth)
     rng = np.random.default_rng(seed)
-    image = tf.Variable(
-        ((128 + 20 * rng.random((n, size, size, channels))) / 255).astype("float32")
-    )
+    image = ((128 + 20 * rng.random((n, size, size, channels))) / 255).astype("float32")
     # Row i of the mask picks filter i, so one batch climbs n filters at once, independently.
-    mask = tf.one_hot(tf.range(n), extractor.output.shape[-1])
+    mask = np.eye(n, depth, dtype="float32")
+    ascend = _ASCENT.get(keras.backend.backend())
+    if ascend is None:
+        raise ValueError(f"no gradient ascent on the {keras.backend.backend()} backend")
+    return np.stack([_deprocess(x) for x in ascend(extractor, image, mask, steps)])
+
+
+def _normalised(grads: Any) -> Any:
+    """The gradient divided by its RMS per image, + 1e-5 (the book's recipe); any backend."""
+    from keras import ops
+
+    return grads / (ops.sqrt(ops.mean(ops.square(grads), axis=(1, 2, 3), keepdims=True)) + 1e-5)
+
+
+def _ascend_tensorflow(extractor: Any, start: np.ndarray, mask: np.ndarray, steps: int):
+    import tensorflow as tf
+
+    image = tf.Variable(start)
 
     @tf.function
     def step() -> None:
         with tf.GradientTape() as tape:
             act = extractor(image, training=False)
             loss = tf.reduce_sum(tf.reduce_mean(act, axis=(1, 2)) * mask)
-        grads = tape.gradient(loss, image)
-        grads /= tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True)) + 1e-5
-        image.assign_add(grads / 255.0)
+        image.assign_add(_normalised(tape.gradient(loss, image)) / 255.0)
 
     for _ in range(steps):
         step()
-    return np.stack([_deprocess(x) for x in image.numpy()])
+    return image.numpy()
+
+
+def _ascend_jax(extractor: Any, start: np.ndarray, mask: np.ndarray, steps: int):
+    import jax
+    import jax.numpy as jnp
+
+    def loss(image: Any) -> Any:
+        return jnp.sum(jnp.mean(extractor(image, training=False), axis=(1, 2)) * mask)
+
+    @jax.jit
+    def step(image: Any) -> Any:
+        return image + _normalised(jax.grad(loss)(image)) / 255.0
+
+    image = jnp.asarray(start)
+    for _ in range(steps):
+        image = step(image)
+    return np.asarray(image)
+
+
+def _ascend_torch(extractor: Any, start: np.ndarray, mask: np.ndarray, steps: int):
+    import keras
+    import torch
+
+    image = keras.ops.convert_to_tensor(start).detach()
+    weights = keras.ops.convert_to_tensor(mask)
+    for _ in range(steps):
+        image.requires_grad_(True)
+        act = extractor(image, training=False)
+        loss = torch.sum(torch.mean(act, dim=(1, 2)) * weights)
+        (grads,) = torch.autograd.grad(loss, image)
+        image = (image + _normalised(grads) / 255.0).detach()
+    return image.cpu().numpy()
+
+
+_ASCENT = {"tensorflow": _ascend_tensorflow, "jax": _ascend_jax, "torch": _ascend_torch}
 
 
 def _deprocess(x: np.ndarray) -> np.ndarray:

@@ -116,6 +116,7 @@ def _child_main(conn: Connection, data: Any, spec: TrialSpec, parent: int) -> No
     # Ctrl-C reaches the whole process group; the parent handles it and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    from sweeps import backend
     from sweeps.trainer import KerasTrainer, configure_tensorflow
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -123,8 +124,15 @@ def _child_main(conn: Connection, data: Any, spec: TrialSpec, parent: int) -> No
         if conn.recv() != _GO:
             raise _Stopped
 
+    from sweeps.quiet import quiet_stderr
+
     try:
-        configure_tensorflow(spec.train.threads, spec.train.mixed_precision)
+        name = backend.select(spec.train.backend)  # nothing has imported Keras here yet
+        if name == "tensorflow":
+            with quiet_stderr():  # TensorFlow's banner and GPU probe, unless --debug
+                configure_tensorflow(spec.train.threads, gpu_memory_mb=spec.train.gpu_memory_mb)
+        else:  # the trial's process never imports TensorFlow
+            backend.configure(name, spec.train.threads)
         outcome = KerasTrainer(data).run(spec, report)
     except (_Stopped, EOFError, BrokenPipeError):  # stopped, or the parent is gone
         return

@@ -15,7 +15,7 @@ from typing import Any
 from sweeps.config import RunConfig, apply_overrides
 from sweeps.errors import SweepsError, TrialFailed, one_line
 from sweeps.space import sample
-from sweeps.storage import Heartbeat
+from sweeps.storage import Heartbeat, retried_from
 from sweeps.trial import TrialOutcome, TrialSpec, make_spec
 
 log = logging.getLogger("sweeps.engine")
@@ -69,13 +69,15 @@ class TrialLifecycle:
         heartbeat = Heartbeat(self.study._storage, trial._trial_id)
         handle: str | None = None
         spec: TrialSpec | None = None
+        reporter: _Reporter | None = None
         try:
             spec = self._spec(trial)
             handle = self._start_run(trial, spec)
             if self.progress:
                 self.progress.trial_started(trial.number, spec.params)
+            reporter = _Reporter(self, trial, handle)
             with heartbeat:
-                outcome = self.trainer.run(spec, _Reporter(self, trial, handle))
+                outcome = self.trainer.run(spec, reporter)
             value = outcome.best.get(self.cfg.sweep.metric)
             if value is None or not math.isfinite(value):
                 raise TrialFailed(f"{self.cfg.sweep.metric} was never finite")
@@ -85,7 +87,8 @@ class TrialLifecycle:
             return "COMPLETE"
         except _Pruned as exc:
             self.study.tell(trial, state=_state("PRUNED"))
-            self._end(trial, handle, "PRUNED", None, exc.note, spec)
+            history = reporter.history if reporter is not None else None
+            self._end(trial, handle, "PRUNED", None, exc.note, spec, history=history)
             return "PRUNED"
         except Interrupted as exc:
             self._fail(trial, handle, "interrupted", run_status="KILLED")
@@ -113,7 +116,8 @@ class TrialLifecycle:
                 trial.set_user_attr("sweeps.spurious", True)
                 raise TrialFailed("no queued ablation trial left (another worker took it)")
             name = trial.suggest_categorical(VARIANT_PARAM, names)
-            repeat = trial.suggest_int(REPEAT_PARAM, 0, max(self.cfg.sweep.repeats - 1, 0))
+            last = max(self.cfg.sweep.repeat_budget - 1, 0)
+            repeat = trial.suggest_int(REPEAT_PARAM, 0, last)
             variant = next(v for v in self.cfg.variants if v.name == name)
             raw = apply_overrides(self.cfg.raw, variant.overrides)
             params = {VARIANT_PARAM: name, REPEAT_PARAM: repeat, **variant.overrides}
@@ -140,7 +144,7 @@ class TrialLifecycle:
         }
         if spec.variant is not None:
             tags.update({"sweeps.variant": spec.variant, "sweeps.repeat": str(spec.repeat)})
-        retry_of = _frozen(trial).system_attrs.get("failed_trial")
+        retry_of = retried_from(_frozen(trial).system_attrs)
         if retry_of is not None:
             old = self.study._storage.get_trial(
                 self.study._storage.get_trial_id_from_study_id_trial_number(
@@ -163,6 +167,7 @@ class TrialLifecycle:
             trial.set_user_attr(key, float(value))
         trial.set_user_attr("param_count", int(outcome.param_count))
         trial.set_user_attr("epochs_trained", len(outcome.history))
+        trial.set_user_attr("stop_reason", outcome.stop_reason)
         trial.set_user_attr("history", outcome.history)
 
     def _end(
@@ -174,7 +179,9 @@ class TrialLifecycle:
         note: str,
         spec: TrialSpec | None,
         outcome: TrialOutcome | None = None,
+        history: list[dict[str, float]] | None = None,
     ) -> None:
+        """Ends a trial's run: COMPLETE and PRUNED are normal ends (FINISHED in MLflow)."""
         if self.progress:
             self.progress.trial_ended(trial.number, state, value, note)
         if handle is None:
@@ -185,6 +192,7 @@ class TrialLifecycle:
             tags["sweeps.note"] = note
         if state == "PRUNED" and note.startswith("pruned at epoch"):
             tags["sweeps.pruned_at_epoch"] = note.split()[-1]
+        tags.update(_stopped(trial, state, outcome))
         if outcome is not None:
             self.tracker.log_metrics(
                 handle,
@@ -192,14 +200,35 @@ class TrialLifecycle:
                     **outcome.test,
                     "param_count": outcome.param_count,
                     "best_epoch": outcome.best_epoch,
+                    "epochs_trained": len(outcome.history),
+                    # The epoch the test metrics come from; the per-epoch series end at the
+                    # last epoch, which is not the one kept.
+                    **{f"best_{k}": v for k, v in outcome.best.items()},
                 },
                 step=0,
             )
             for path, artifact_dir in outcome.artifacts:
                 self.tracker.log_artifact(handle, path, artifact_dir)
+        if history and spec is not None:
+            self._pruned_curves(handle, spec, history, note)
         cleanup = spec.workdir if spec is not None else None
-        status = "FINISHED" if state == "COMPLETE" else "KILLED"
+        status = "FINISHED" if state in ("COMPLETE", "PRUNED") else "KILLED"
         self.tracker.end_run(handle, status, tags, cleanup=cleanup)
+
+    def _pruned_curves(
+        self, handle: str, spec: TrialSpec, history: list[dict[str, float]], note: str
+    ) -> None:
+        """The learning curves of the epochs a pruned trial ran, as for a complete one."""
+        from sweeps import plots
+
+        try:
+            spec.workdir.mkdir(parents=True, exist_ok=True)
+            title = f"{spec.study} trial {spec.number} ({note})" if note else ""
+            path = plots.learning_curves(history, spec.workdir / "learning_curves.png", title)
+        except (OSError, ValueError) as exc:  # a plot is not worth failing the study for
+            log.warning("no learning curves for trial %d: %s", spec.number, one_line(exc))
+            return
+        self.tracker.log_artifact(handle, path, "plots")
 
     def _late_run_id(self, trial: Any, handle: str) -> None:
         run_id = self.tracker.run_id(handle, timeout=0)
@@ -216,9 +245,8 @@ class TrialLifecycle:
         if self.progress:
             self.progress.trial_ended(trial.number, "FAIL", None, reason)
         if handle is not None:
-            self.tracker.end_run(
-                handle, run_status, {"sweeps.state": "FAIL", "sweeps.error": reason}
-            )
+            tags = {"sweeps.state": "FAIL", "sweeps.error": reason}
+            self.tracker.end_run(handle, run_status, {**tags, **_stopped(trial, reason, None)})
         if reason != "interrupted":
             log.warning("trial %d failed: %s", trial.number, reason)
 
@@ -234,15 +262,33 @@ class _Reporter:
 
     def __init__(self, life: TrialLifecycle, trial: Any, handle: str) -> None:
         self.life, self.trial, self.handle = life, trial, handle
+        self.history: list[dict[str, float]] = []  # what a pruned trial's curves are drawn from
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append(dict(metrics))
         self.life.tracker.log_metrics(self.handle, metrics, step=epoch)
+        progress = self.life.progress
+        if progress is not None and hasattr(progress, "epoch_ended"):
+            progress.epoch_ended(self.trial.number, epoch, metrics)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise TrialFailed(f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}")
         self.trial.report(metrics[self.life.cfg.sweep.metric], epoch)
         if self.trial.should_prune():
             raise _Pruned(f"pruned at epoch {epoch}")
+
+
+def _stopped(trial: Any, state: str, outcome: TrialOutcome | None) -> dict[str, str]:
+    """Tags saying how many epochs the trial trained and why it stopped.
+
+    ``state`` is PRUNED, or a failed trial's reason (``interrupted`` is kept as the reason).
+    """
+    if outcome is not None:
+        return {"sweeps.stop_reason": outcome.stop_reason,
+                "sweeps.epochs_trained": str(len(outcome.history))}  # fmt: skip
+    reason = {"PRUNED": "pruned", "interrupted": "interrupted"}.get(state, "failed")
+    epochs = len(_frozen(trial).intermediate_values)  # every epoch is reported to Optuna
+    return {"sweeps.stop_reason": reason, "sweeps.epochs_trained": str(epochs)}
 
 
 def _frozen(trial: Any) -> Any:

@@ -1,26 +1,32 @@
 """The `plan` command: what each ablation variant or search extreme builds, without training.
 
-Every row is a real Keras model built with random weights (nothing is loaded, no data is read):
-its parameter count, the output shape after each block, FLOPs per image, or a warning when the
-feature map collapses. The input shape and class count come from the data config.
+Every row is a real Keras model built with random weights (nothing is loaded, no image is
+decoded): its parameter count, the output shape after each block, FLOPs per image, or a warning
+when the feature map collapses. The input shape and class count come from the data config (and
+the class folders of an image folder that is there); a user's own ``data.loader`` is called
+once, since only its result tells them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from sweeps.config import RunConfig, apply_overrides
+from sweeps.config import MODEL_OWN_KEYS, RunConfig, apply_overrides, check_own_code, model_key
 from sweeps.errors import ConfigError, one_line
 from sweeps.trial import input_size
 
 # Fixed image geometry of the bundled datasets: (decoded size, channels, classes).
 _DATASETS = {"digits": (8, 1, 10), "fashion_mnist": (28, 1, 10)}
-_BLOCK_KINDS = ("MaxPooling2D", "AveragePooling2D", "Flatten")
-_SHOWN_KINDS = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Dense", "PReLU")
+_GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")  # common in users' own models
+_BLOCK_KINDS = ("MaxPooling2D", "AveragePooling2D", "Flatten", *_GLOBAL_POOLS)
+_SHOWN_KINDS = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Dense", "PReLU",
+                *_GLOBAL_POOLS)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ def plan_study(cfg: RunConfig, console: Console | None = None) -> list[PlanRow]:
 
 def plan_rows(cfg: RunConfig) -> list[PlanRow]:
     """One row per ablation variant, or per search-space extreme, in config order."""
+    check_own_code(cfg)  # a user's builder or loader: imported, its arguments checked
     if cfg.sweep.mode == "ablation":
         cases = [(v.name, v.overrides) for v in cfg.variants]
     else:
@@ -109,12 +116,13 @@ def plan_row(raw: dict[str, Any], name: str, overrides: dict[str, Any]) -> PlanR
 
     config = apply_overrides(raw, overrides)
     shape, num_classes = input_geometry(config)
-    kwargs = {k: v for k, v in config["model"].items() if k not in ("name", "input_size")}
-    if config["model"]["name"] == "transfer":
+    kwargs = {k: v for k, v in config["model"].items() if k not in MODEL_OWN_KEYS}
+    model = model_key(config["model"])  # a registry name, or a user's builder module:function
+    if model == "transfer":
         kwargs["weights"] = "random"  # the shapes and counts do not depend on the weights
     base = PlanRow(name, dict(overrides), shape, num_classes)
     try:
-        return _built(base, config["model"]["name"], kwargs)
+        return _built(base, model, kwargs)
     except ModelConfigError as exc:  # ArchitectureError included: a collapsing feature map
         return replace(base, warning=str(exc))
 
@@ -155,15 +163,18 @@ def input_geometry(config: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
         ConfigError: when neither the model nor the data config fixes the image size.
     """
     data, model = config["data"], config["model"]
-    name = data.get("name")
-    if name in _DATASETS:
+    name = data.get("loader") or data.get("name")
+    if data.get("loader"):
+        (*decoded, channels), classes = _loaded_geometry(data)
+    elif name in _DATASETS:
         decoded, channels, classes = _DATASETS[name]
         decoded = data.get("image_size") or decoded
     else:
         decoded = data.get("image_size")
         channels = int(data.get("channels") or 3)
-        # Two classes when the study does not name them: every folder study here is binary.
-        classes = len(data["classes"]) if data.get("classes") else 2
+        # Not named and no folder to count them in (plan needs no data): two, as in the
+        # document studies.
+        classes = len(data["classes"]) if data.get("classes") else _class_folders(data) or 2
     size = input_size(model.get("input_size")) or input_size(decoded)
     if size is None:
         raise ConfigError(
@@ -172,13 +183,39 @@ def input_geometry(config: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
     return (size[0], size[1], channels), classes
 
 
+def _class_folders(data: dict[str, Any]) -> int | None:
+    """How many class folders an image folder at ``data.root`` has, when it is there."""
+    root = Path(str(data.get("root") or ""))
+    folder = root / "train" if data.get("layout", "splits") == "splits" else root
+    if not data.get("root") or not folder.is_dir():
+        return None
+    count = sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return count if count >= 2 else None
+
+
+_LOADED: dict[str, tuple[tuple[int, int, int], int]] = {}
+
+
+def _loaded_geometry(data: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
+    """Image shape and class count of a user's own loader: only loading tells them."""
+    from sweeps.data import load_dataset
+
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key not in _LOADED:
+        kwargs = {k: v for k, v in data.items() if k not in ("name", "loader")}
+        loaded = load_dataset(str(data["loader"]), **kwargs)
+        _LOADED[key] = (loaded.image_shape, loaded.num_classes)
+    return _LOADED[key]
+
+
 # -- printing ------------------------------------------------------------------------------
 
 
 def wide_console() -> Console:
-    """A console that, when piped or captured, prints wide tables instead of folding them."""
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=200)
+    """The console tables are printed on (:func:`sweeps.report_files.table_console`)."""
+    from sweeps.report_files import table_console
+
+    return table_console()
 
 
 def print_plan(cfg: RunConfig, rows: list[PlanRow], console: Console) -> None:
@@ -198,11 +235,12 @@ def print_plan(cfg: RunConfig, rows: list[PlanRow], console: Console) -> None:
             _count(row.param_count),
             _count(row.trainable),
             _flops(row.flops),
-            " > ".join(_shape(b) for b in row.blocks) or f"[yellow]warning: {row.warning}[/yellow]",
+            " > ".join(_shape(b) for b in row.blocks)
+            or (f"[yellow]warning: {row.warning}[/yellow]" if row.warning else ""),
         )
     console.print(table)
     for names, layers in _architectures(rows):
-        detail = Table(title=", ".join(names))
+        detail = Table(title=_title(names))
         for column in ("layer", "kind", "output", "params", "FLOPs"):
             detail.add_column(column, justify="right" if column in ("params", "FLOPs") else "left")
         for la in layers:
@@ -222,6 +260,20 @@ def _architectures(rows: list[PlanRow]) -> list[tuple[list[str], list[Layer]]]:
         if row.layers:
             groups.setdefault(tuple(row.layers), []).append(row.name)
     return [(names, list(layers)) for layers, names in groups.items()]
+
+
+def _title(names: list[str]) -> str:
+    """The rows sharing one architecture, each setting once: a conditional parameter's row
+    repeats its condition (``activation=leaky_relu, leaky_alpha=0.01`` beside the row
+    ``activation=leaky_relu``), and one key's values are merged (``dense_dropout=0|0.5``)."""
+    values: dict[str, list[str]] = {}
+    for name in names:
+        for part in name.split(", "):
+            key, sep, value = part.partition("=")
+            shown = values.setdefault(key if sep else part, [])
+            if sep and value not in shown:
+                shown.append(value)
+    return ", ".join(f"{key}={'|'.join(vals)}" if vals else key for key, vals in values.items())
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -20,9 +20,10 @@ from rich.console import Console
 
 from sweeps.config import RunConfig, parse_section
 from sweeps.errors import SweepsError, mask_url, one_line
-from sweeps.plan import wide_console
 from sweeps.report_ablation import ablation_key, report_ablation
+from sweeps.report_files import table_console
 from sweeps.report_search import report_search
+from sweeps.verdict import AUTO_ATTR
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ReportOptions:
     """The ``report:`` section of the config (see conf/config.yaml)."""
 
     top_k: int = 10
+    margin: float = 0.01  # ablation: equivalence band, +/- this much accuracy
     inspect: bool = False
     inspect_layers: list[str] | None = None
     filter_steps: int = 40
@@ -45,7 +47,7 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
     Returns an empty list, after saying why, when the study does not exist or nothing in it
     has finished yet.
     """
-    console = console or wide_console()
+    console = console or table_console()
     options = parse_section(ReportOptions, cfg.raw.get("report"), "report")
     study = load_study(cfg, console)
     if study is None:
@@ -67,7 +69,8 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
     try:
         files: list[tuple[Path, str]] = []
         if any(t.state.name == "COMPLETE" for t in ablation):
-            files += report_ablation(cfg, ablation, out, console, tracker)
+            auto = study.user_attrs.get(AUTO_ATTR)
+            files += report_ablation(cfg, ablation, out, console, tracker, auto)
         if search:
             files += report_search(cfg, study, search, options.top_k, out, console)
         if options.inspect:

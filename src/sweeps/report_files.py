@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from rich.console import Console
+
+PIPED_WIDTH = 200  # off a terminal without COLUMNS: whole rows in logs and captured output
+
+
+def table_console(file: IO[str] | None = None) -> Console:
+    """The console tables are printed on.
+
+    On a terminal, the terminal's width (tables wrap inside their cells to fit). Off a
+    terminal, ``COLUMNS`` when it is set, else :data:`PIPED_WIDTH`.
+    """
+    console = Console(highlight=False, file=file)
+    if console.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
+        return console  # rich itself follows COLUMNS
+    return Console(highlight=False, file=file, width=PIPED_WIDTH)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:

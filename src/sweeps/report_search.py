@@ -31,17 +31,17 @@ def report_search(
         title=f"search of {cfg.sweep.name}: best {min(top_k, len(ranked))} of "
         f"{len(ranked)} complete trials by {metric}"
     )
-    for col in ("trial", metric, "test acc", "test loss", "params", "hyperparameters"):
-        table.add_column(
-            col, justify="left" if col == "hyperparameters" else "right", overflow="fold"
-        )
+    for col in ("trial", metric, "test acc", "test loss", "params"):
+        table.add_column(col, justify="right", no_wrap=True)  # a number never breaks
+    # Wraps between parameters at the console's width; folds only a single overlong one.
+    table.add_column("hyperparameters", overflow="fold", ratio=1, min_width=16)
     for t in ranked[:top_k]:
         table.add_row(*_search_cells(t))
     console.print(table)
     if importance:
         imp = Table(title="parameter importances (fANOVA)")
-        imp.add_column("parameter")
-        imp.add_column("importance", justify="right")
+        imp.add_column("parameter", overflow="fold")
+        imp.add_column("importance", justify="right", no_wrap=True)
         for name, value in importance.items():
             imp.add_row(name, f"{value:.3f}")
         console.print(imp)

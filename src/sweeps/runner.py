@@ -9,8 +9,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import RunConfig
+from sweeps.config import RunConfig, check_own_code
 from sweeps.errors import ConfigError
+from sweeps.precision import describe as describe_precision
 
 log = logging.getLogger("sweeps.run")
 
@@ -19,13 +20,27 @@ def load_data(cfg: RunConfig) -> Any:
     """Loads the study's dataset, failing before any trial with the path and layout expected."""
     from sweeps.data import load_dataset
 
-    kwargs = {k: v for k, v in cfg.data.items() if k != "name" and v is not None}
+    own = {"name", "loader"}  # the registry name, or a user's own loader's module:function
+    kwargs = {k: v for k, v in cfg.data.items() if k not in own and v is not None}
     if kwargs.get("root") == "???":
         raise ConfigError(
             f"data.root is not set: give data.root=/path/to/images for study '{cfg.study}' "
             f"({_layout_hint(cfg.data)})"
         )
-    return load_dataset(cfg.data["name"], **kwargs)
+    return load_dataset(cfg.data.get("loader") or cfg.data["name"], **kwargs)
+
+
+def remove_empty_dirs(folder: Path, top: Path) -> None:
+    """Removes ``folder`` and its parents below ``top`` while they are empty (a folder still
+    in use by another worker holds its trial folders, so it stays)."""
+    top = top.resolve()
+    path = folder.resolve()
+    while path != top and path.is_relative_to(top):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
 
 
 def _layout_hint(data: dict[str, Any]) -> str:
@@ -101,17 +116,11 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
     )
     tracker = open_tracker(cfg)
     try:
-        info: dict[str, Any] = {}
-        if trainer is None:
-            data = load_data(cfg)
-            info = data_info(data)
-            progress = progress or ConsoleProgress(cfg.sweep.name, cfg.sweep.metric)
-            n_train, n_val, n_test = info["sizes"].split("/")
-            progress.note(
-                f"data: {n_train} train / {n_val} validation / {n_test} test images from "
-                f"{data.source}; skipped {data.skipped} unreadable files"
+        keras = trainer is None
+        if keras:
+            progress = progress or ConsoleProgress(
+                cfg.sweep.name, cfg.sweep.metric, store_dir=cfg.store_dir, study_arg=cfg.study
             )
-            trainer = _keras_trainer(cfg, data)
         engine = Engine(
             cfg,
             storage=storage,
@@ -119,25 +128,62 @@ def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
             trainer=trainer,
             sampler=make_sampler(cfg.sweep, cfg.space, sampler_seed(cfg)),
             pruner=make_pruner(cfg.sweep, cfg.train.epochs),
-            data_info=info,
             progress=progress,
             git_commit=git_commit(),
         )
         engine_ref.append(engine)
+        # A finished study has nothing to train: it loads no data and imports no TensorFlow.
+        if keras and engine.has_work():
+            engine.attach(*_prepare_keras(cfg, progress))
         summary = engine.run()
     finally:
-        tracker.close()
+        tracker.close()  # every upload done: the trials' scratch folders are gone
+        remove_empty_dirs(cfg.store_dir / "work" / cfg.sweep.name, cfg.store_dir)
     if progress is not None:
         progress.summary(summary, engine.study)
     return summary.interrupted.exit_code if summary.interrupted else 0
+
+
+def _prepare_keras(cfg: RunConfig, progress: Any) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """Loads the data and sets the backend up; returns the trainer, data tags, backend tags."""
+    check_own_code(cfg)  # a user's builder or loader: imported, its arguments checked
+    data = load_data(cfg)
+    info = data_info(data)
+    n_train, n_val, n_test = info["sizes"].split("/")
+    progress.note(
+        f"data: {n_train} train / {n_val} validation / {n_test} test images from "
+        f"{data.source}; skipped {data.skipped} unreadable files"
+    )
+    progress.note(describe_precision(cfg.train.precision)[1])
+    from sweeps.quiet import quiet_stderr
+
+    with quiet_stderr():  # TensorFlow's import banner and GPU probe
+        trainer = _keras_trainer(cfg, data)
+    tags = _backend_tags(cfg)
+    progress.note(f"backend: {tags['sweeps.backend']} {tags['sweeps.backend_version']}")
+    return trainer, info, tags
 
 
 def _keras_trainer(cfg: RunConfig, data: Any) -> Any:
     if cfg.train.subprocess:
         from sweeps.isolated import SubprocessTrainer
 
-        return SubprocessTrainer(data)  # each trial's process sets TensorFlow up itself
+        return SubprocessTrainer(data)  # each trial's process sets its backend up itself
+    from sweeps import backend
+
+    name = backend.select(cfg.train.backend)  # before the trainer imports Keras
     from sweeps.trainer import KerasTrainer, configure_tensorflow
 
-    configure_tensorflow(cfg.train.threads, cfg.train.mixed_precision)
+    if name == "tensorflow":  # another backend's worker need not have TensorFlow at all
+        configure_tensorflow(cfg.train.threads, gpu_memory_mb=cfg.train.gpu_memory_mb)
+    else:
+        backend.configure(name, cfg.train.threads)
     return KerasTrainer(data)
+
+
+def _backend_tags(cfg: RunConfig) -> dict[str, str]:
+    """Tags naming the backend the trials train on: a trial process's own, or this one's."""
+    from sweeps import backend
+
+    name = cfg.train.backend if cfg.train.subprocess else backend.in_use(cfg.train.backend)
+    return backend.run_tags(name)

@@ -35,6 +35,26 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def replaced_numbers(trials: Any) -> set[int]:
+    """Numbers of the failed trials that a retry replaced, at any depth of a retry chain.
+
+    Optuna's retry callback keeps the first trial of a chain in ``failed_trial`` and every
+    trial of the chain in ``retry_history``; a trial retried twice has two replaced ones.
+    """
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history") or ())
+        if t.system_attrs.get("failed_trial") is not None:
+            out.add(t.system_attrs["failed_trial"])
+    return out
+
+
+def retried_from(system_attrs: dict[str, Any]) -> int | None:
+    """The number of the trial a retry replaces directly (the last of its chain), or None."""
+    history = system_attrs.get("retry_history") or []
+    return history[-1] if history else system_attrs.get("failed_trial")
+
+
 def resolve_url(cfg: StorageConfig, store_dir: Path) -> str:
     """The storage URL, with the embedded default filled in."""
     return cfg.url or str((store_dir / "optuna.journal").resolve())
@@ -162,7 +182,11 @@ def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
         if name == "tpe":
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=sweep.startup_trials, multivariate=True, group=True
+                seed=seed,
+                n_startup_trials=sweep.startup_trials,
+                multivariate=True,
+                group=True,
+                constant_liar=_constant_liar(sweep),
             )
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
@@ -175,6 +199,19 @@ def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:
             _require("torch", "sweep.sampler=gp", "torch")
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sweep.startup_trials)
     raise ConfigError(f"sweep.sampler={name!r}: valid samplers: tpe, random, grid, cmaes, gp")
+
+
+def _constant_liar(sweep: SweepConfig) -> bool:
+    """``sweep.constant_liar``; ``auto`` is on when other workers share the study.
+
+    With N workers, N trials run before any of them reports; the liar counts the running ones
+    as bad results, so the next worker samples elsewhere instead of next to them.
+    """
+    if isinstance(sweep.constant_liar, bool):
+        return sweep.constant_liar
+    from sweeps.launcher import sharing_workers
+
+    return sharing_workers(sweep) > 1
 
 
 def _require(module: str, what: str, package: str) -> None:

@@ -30,6 +30,9 @@ log = logging.getLogger("sweeps.tracking")
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 _MAX_PARAM_LEN = 6000
+# MLflow 3's UI opens an experiment without this tag on its GenAI pages (traces, no runs);
+# with it, on the runs table of model training.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_uri(store_dir: Path) -> str:
@@ -74,7 +77,7 @@ class Tracker:
         self._warned = False
         self._stop = False
         self._ids: dict[str, str] = {}  # handle -> MLflow run id
-        self._client = self._connect(connect_timeout)
+        self._client = self._connect(connect_timeout, artifact_root)
         self.experiment_id = self._experiment(artifact_root)
         self._thread = threading.Thread(target=self._worker, name="sweeps-tracking", daemon=True)
         self._thread.start()
@@ -82,7 +85,7 @@ class Tracker:
 
     # -- connection ------------------------------------------------------------------------
 
-    def _connect(self, timeout: float):
+    def _connect(self, timeout: float, artifact_root: Path | None = None):
         # MLflow prints a "View run ... at" line for every run it ends; the progress lines
         # already say what ended.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -91,13 +94,19 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             _probe_http(self.uri, timeout)
-        elif self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        fresh = False
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not db.exists()
         from mlflow import MlflowClient
 
         deadline = time.monotonic() + timeout
         while True:
             try:
+                if fresh:
+                    _init_sqlite_store(self.uri, artifact_root)
+                    fresh = False
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)
                 return client
@@ -112,10 +121,14 @@ class Tracker:
     def _experiment(self, artifact_root: Path | None) -> str:
         exp = self._client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+                self._client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         location = artifact_root.resolve().as_uri() if artifact_root else None
         try:
-            return self._client.create_experiment(self.experiment_name, location)
+            return self._client.create_experiment(
+                self.experiment_name, location, tags=dict([EXPERIMENT_KIND])
+            )
         except Exception:  # another worker created it first
             exp = self._client.get_experiment_by_name(self.experiment_name)
             if exp is None:
@@ -217,6 +230,33 @@ class Tracker:
                 shutil.rmtree(cleanup, ignore_errors=True)
 
         self._put("set_terminated", run_id, status, on_done=remove)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Queues setting an ended run back to RUNNING (a study's parent, resumed)."""
+        self._put("update_run", run_id, RUNNING)
+
+    def summarize_run(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queues a summary: metrics at step 0, params, tags; safe to repeat.
+
+        MLflow refuses to change a parameter, so a parameter whose value changed since the
+        last summary (a resumed study found a new best) is written as a tag of that name.
+        """
+        try:
+            logged = self._client.get_run(run_id).data.params
+        except Exception:  # the store is away: the queue retries what follows
+            logged = {}
+        fresh = {k: v for k, v in params.items() if logged.get(k) != _param_text(v)}
+        changed = {k: _param_text(v) for k, v in fresh.items() if k in logged}
+        self.log_metrics(run_id, metrics, step=0)
+        self.log_params(run_id, {k: v for k, v in fresh.items() if k not in changed})
+        if tags or changed:
+            self.set_tags(run_id, {**(tags or {}), **changed})
 
     def end_run_now(self, run_id: str, status: str, tags: Mapping[str, Any]) -> None:
         """Ends a run at once, bypassing the queue (for runs of trials found dead)."""
@@ -392,6 +432,26 @@ class Tracker:
                 item = json.loads(line)
                 self._put(item["op"], *_decode_args(item["args"]))
             claimed.unlink()
+
+
+def _init_sqlite_store(uri: str, artifact_root: Path | None) -> None:
+    """Creates a new SQLite store whose ``Default`` experiment is deleted and points into it.
+
+    MLflow creates a ``Default`` experiment in every new database, with its artifacts in
+    ``./mlruns`` of whatever directory the process runs in. Sweeps never uses it, and the UI
+    would list it beside the studies; deleted, it stays in the database (so MLflow does not
+    create it again) but out of sight.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = Path(uri[len("sqlite:///") :])
+    store = SqlAlchemyStore(uri, str((artifact_root or db.parent).resolve()))
+    try:
+        store.delete_experiment(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID)
+    except Exception:  # another process deleted it first
+        log.debug("Default experiment already deleted", exc_info=True)
+    finally:
+        store.engine.dispose()
 
 
 def _probe_http(uri: str, timeout: float) -> None:

@@ -1,8 +1,8 @@
 """Trains one trial with Keras: build, fit with per-epoch reports, best epoch, test, artifacts.
 
-This is the only module of the orchestration that imports TensorFlow, and only when a
-:class:`KerasTrainer` is created, so ``--help``, ``plan`` parsing and the tests of the loop stay
-fast.
+Keras (and TensorFlow, on the TensorFlow backend only: see :mod:`sweeps.backend`) is imported
+only when a :class:`KerasTrainer` trains, so ``--help``, ``plan`` parsing and the tests of the
+loop stay fast.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sweeps import precision
 from sweeps.errors import TrialFailed, mask_config
 from sweeps.trial import TrialOutcome, TrialSpec
 
@@ -29,26 +30,29 @@ _KERAS_TO_OURS = {
 }
 
 
-def configure_tensorflow(threads: int | None = None, mixed_precision: bool = False) -> None:
+def configure_tensorflow(threads: int | None = None, *, gpu_memory_mb: int | None = None) -> None:
     """Process-wide TensorFlow settings; must run before the first model is built.
 
-    GPU memory growth lets several worker processes share one card; ``threads`` pins
-    TensorFlow's intra-op pool, so that two workers on one host do not fight for the cores.
+    GPU memory growth lets several worker processes share one card; ``gpu_memory_mb`` caps
+    this process instead (a logical device of that size), so that ``sweep.trials_per_gpu``
+    workers cannot starve each other; ``threads`` pins TensorFlow's intra-op pool, so that
+    two workers on one host do not fight for the cores.
     """
-    import keras
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
         with contextlib.suppress(RuntimeError):  # already initialised in this process
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if gpu_memory_mb:  # TensorFlow refuses growth and a limit on one device
+                limit = tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_mb)
+                tf.config.set_logical_device_configuration(gpu, [limit])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
         except RuntimeError:
             log.warning("TensorFlow was already running; train.threads applies from the next run")
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
 
 
 class KerasTrainer:
@@ -77,29 +81,32 @@ class KerasTrainer:
         )
         keras.backend.clear_session()  # without it every trial's graphs stay in memory
         keras.utils.set_random_seed(spec.seed)
-        model = create_model(
-            spec.model_name, input_shape=shape, num_classes=num_classes, **spec.model_kwargs
-        )
-        compile_model(
-            model,
-            optimizer=spec.train.optimizer,
-            learning_rate=spec.train.learning_rate,
-            num_classes=num_classes,
-            jit_compile=spec.train.jit_compile,
-        )
+        # Layers keep the policy they were built under; per trial, since ablation rows may differ.
+        with precision.policy(spec.train.precision):
+            model = create_model(
+                spec.model_name, input_shape=shape, num_classes=num_classes, **spec.model_kwargs
+            )
+            compile_model(
+                model,
+                optimizer=spec.train.optimizer,
+                learning_rate=spec.train.learning_rate,
+                num_classes=num_classes,
+                jit_compile=spec.train.jit_compile,
+            )
         train_ds, val_ds, test_ds = self._datasets(spec, size, c)
-        keeper = _best_epoch(report, spec.metric)
+        keeper = _best_epoch(report, spec.metric, spec.train.patience)
         try:
             model.fit(
                 train_ds,
                 validation_data=val_ds,
                 epochs=spec.train.epochs,
                 verbose=spec.train.verbose,
-                callbacks=[keeper],
+                # A PyDataset is told fit's epoch number, so it shuffles as tf.data does.
+                callbacks=[keeper, *_epoch_feeds(train_ds)],
                 shuffle=False,
             )
         except Exception as exc:
-            if type(exc).__name__ == "ResourceExhaustedError":
+            if _out_of_memory(exc):
                 raise TrialFailed(f"out of memory at batch size {spec.train.batch_size}") from exc
             raise
         if keeper.best_weights is None:
@@ -117,11 +124,19 @@ class KerasTrainer:
             test=test,
             param_count=int(model.count_params()),
             artifacts=artifacts,
+            stop_reason=keeper.stop_reason,
         )
 
     def _datasets(self, spec: TrialSpec, size: tuple[int, int], channels: int):
-        from sweeps.data import AugmentSpec, make_dataset
+        import keras
 
+        from sweeps.data import AugmentSpec
+
+        # tf.data on TensorFlow; elsewhere a PyDataset (NumPy), so TensorFlow is never imported.
+        if keras.backend.backend() == "tensorflow":
+            from sweeps.data import make_dataset
+        else:
+            from sweeps.data import make_pydataset as make_dataset
         common = {"batch_size": spec.train.batch_size, "image_size": size, "channels": channels}
         augment = AugmentSpec.from_dict(spec.train.augment)
         train = make_dataset(
@@ -134,12 +149,29 @@ class KerasTrainer:
         )
 
 
-def _best_epoch(report: Callable[[int, dict[str, float]], None], metric: str) -> Any:
+def _epoch_feeds(train: Any) -> list[Any]:
+    """The callback that keeps a PyDataset's epoch in step with fit's; none for tf.data."""
+    return [train.epoch_callback()] if hasattr(train, "epoch_callback") else []
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """TensorFlow's ResourceExhaustedError, PyTorch's OutOfMemoryError, XLA's RESOURCE_EXHAUSTED."""
+    name = type(exc).__name__
+    return name in ("ResourceExhaustedError", "OutOfMemoryError") or (
+        name == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(exc)
+    )
+
+
+def _best_epoch(
+    report: Callable[[int, dict[str, float]], None], metric: str, patience: int | None = None
+) -> Any:
     """A Keras callback that reports each epoch and keeps the best epoch's weights in memory.
 
     The class is made on first use so that importing this module does not import Keras.
     Keeping weights in memory instead of writing a checkpoint at every improvement costs one
-    copy per improving epoch and one file per trial.
+    copy per improving epoch and one file per trial. With ``patience``, training stops once
+    ``metric`` has not improved for that many epochs (``stop_reason`` becomes ``patience``);
+    the best epoch's weights are the ones tested either way.
     """
     import keras
 
@@ -150,6 +182,7 @@ def _best_epoch(report: Callable[[int, dict[str, float]], None], metric: str) ->
             self.history: list[dict[str, float]] = []
             self.best_epoch = 0
             self.best_weights: list[np.ndarray] | None = None
+            self.stop_reason = "epochs"
             self._best = -np.inf
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -161,6 +194,9 @@ def _best_epoch(report: Callable[[int, dict[str, float]], None], metric: str) ->
                 self._best, self.best_epoch = score, epoch + 1
                 self.best_weights = self.model.get_weights()
             report(epoch + 1, metrics)  # may raise to prune or fail the trial
+            if patience is not None and epoch + 1 - self.best_epoch >= patience:
+                self.stop_reason = "patience"
+                self.model.stop_training = True
 
     return BestEpoch()
 

@@ -6,8 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import RunConfig, TrainConfig, check_value, parse_section
+from sweeps.config import (
+    RunConfig,
+    TrainConfig,
+    check_value,
+    model_key,
+    own_builder,
+    parse_section,
+)
 from sweeps.errors import mask_url
+from sweeps.precision import choose
 
 
 @dataclass
@@ -42,6 +50,7 @@ class TrialSpec:
         for section in ("model", "train", "data"):
             for key, value in (self.config.get(section) or {}).items():
                 out[f"{section}.{key}"] = value
+        out["train.precision_resolved"] = choose(self.train.precision)
         if self.variant is not None:
             out["ablation.variant"], out["ablation.repeat"] = self.variant, self.repeat
         return {k: mask_url(str(v)) if k == "data.root" else v for k, v in out.items()}
@@ -57,6 +66,8 @@ class TrialOutcome:
         best: The history entry of the best epoch.
         test: Metrics of the best epoch's weights on the test split (test_loss, test_acc, ...).
         artifacts: ``(file, artifact folder or None)`` to upload.
+        stop_reason: Why training ended: ``epochs`` (all of train.epochs ran) or ``patience``
+            (train.patience epochs without a better sweep.metric).
     """
 
     history: list[dict[str, float]]
@@ -65,6 +76,7 @@ class TrialOutcome:
     test: dict[str, float]
     param_count: int
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    stop_reason: str = "epochs"
 
 
 def input_size(value: Any) -> tuple[int, int] | None:
@@ -89,12 +101,15 @@ def make_spec(
 ) -> TrialSpec:
     """Builds the spec of one trial from the config with its parameters applied."""
     model = dict(raw["model"])
-    for key, value in model.items():
-        check_value(f"model.{key}", value)
+    name = model_key(model)  # the registry name, or a user's own builder's module:function
+    if own_builder(model) is None:  # a user's builder owns its keys' values
+        for key, value in model.items():
+            check_value(f"model.{key}", value)
     train = parse_section(TrainConfig, raw["train"], "train")
     for key, value in raw["train"].items():
         check_value(f"train.{key}", value)
-    name = model.pop("name")
+    model.pop("name", None)
+    model.pop("builder", None)
     size = input_size(model.pop("input_size", None))
     return TrialSpec(
         study=cfg.sweep.name,

@@ -1,0 +1,349 @@
+"""``sweep.workers=N|auto``: one ``run`` command starts N worker processes sharing the study.
+
+No scheduler of our own: each worker is the same ``python -m sweeps run`` command with
+``sweep.workers=1``, and the study (the journal file, or PostgreSQL) hands out the trials, as
+it does to workers on other hosts. ``auto`` starts one worker per visible GPU (times
+``sweep.trials_per_gpu``), each pinned to its card with ``CUDA_VISIBLE_DEVICES``; the GPUs
+are found without importing TensorFlow (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``).
+The parent prints every worker's lines prefixed by its name and device, forwards Ctrl-C and
+SIGTERM (each worker's running trial ends as FAIL, to be retried), and says which worker died.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from sweeps.config import RunConfig, SweepConfig
+
+LAUNCHED_ENV = "SWEEPS_LAUNCHED"  # set in every worker a launcher starts: it never launches
+PARALLEL_ENV = "SWEEPS_PARALLEL"  # worker processes sharing the study (constant liar)
+DEVICE_ENV = "SWEEPS_DEVICE"  # what the worker's MLflow runs are tagged with (sweeps.device)
+_OWN_KEYS = ("sweep.workers=", "sweep.trials_per_gpu=")
+_NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
+_POLL_S = 2.0  # seconds between the parent's reads of the study's totals
+_RESIGNAL_S = 10.0  # after Ctrl-C or SIGTERM, a worker still in its trial is signalled again
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker process: its name, the device it gets and its environment changes."""
+
+    name: str
+    device: str  # "gpu:0", or "cpu"
+    env: dict[str, str]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (ids or UUIDs).
+
+    ``CUDA_VISIBLE_DEVICES`` when set (empty or ``-1``: none), else the cards ``nvidia-smi -L``
+    lists, else none. TensorFlow is not imported: it would take the cards in this process.
+    """
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        ids = [d.strip() for d in given.split(",") if d.strip()]
+        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every card.
+        return ids[: next((i for i, d in enumerate(ids) if d.startswith("-")), len(ids))]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return _NVIDIA_SMI_LINE.findall(out.stdout) if out.returncode == 0 else []
+
+
+def plan_workers(sweep: SweepConfig, gpus: Sequence[str]) -> list[Slot]:
+    """The worker processes ``sweep.workers`` asks for on a host with ``gpus``.
+
+    ``auto`` is ``len(gpus) * trials_per_gpu`` workers, ``trials_per_gpu`` on each card in
+    turn, or one on a host without GPUs; a number N places N workers on the cards round-robin.
+    """
+    if sweep.workers == "auto":
+        count = len(gpus) * sweep.trials_per_gpu if gpus else 1
+        cards = [gpus[i // sweep.trials_per_gpu] for i in range(count)] if gpus else []
+    else:
+        count = int(sweep.workers)
+        cards = [gpus[i % len(gpus)] for i in range(count)] if gpus else []
+    slots = []
+    for i in range(count):
+        env = {"CUDA_VISIBLE_DEVICES": cards[i]} if cards else {}
+        device = f"gpu:{cards[i]}" if cards else "cpu"
+        slots.append(Slot(f"w{i}", device, {**env, DEVICE_ENV: device}))
+    return slots
+
+
+def sharing_workers(sweep: SweepConfig) -> int:
+    """How many worker processes share the study, as far as this process knows.
+
+    ``SWEEPS_PARALLEL`` when set: a launcher sets it in its workers, and the Slurm, Kubernetes
+    and compose files set it for workers started on other hosts; else ``sweep.workers``.
+    """
+    return _given_parallel() or (sweep.workers if isinstance(sweep.workers, int) else 1)
+
+
+def _given_parallel() -> int:
+    given = os.environ.get(PARALLEL_ENV, "").strip()
+    return int(given) if given.isdigit() and int(given) >= 1 else 0
+
+
+@functools.cache
+def placement_tags() -> dict[str, str]:
+    """``sweeps.host`` and ``sweeps.device`` for every MLflow run of this process."""
+    device = os.environ.get(DEVICE_ENV)
+    if not device:
+        gpus = visible_gpus()
+        device = f"gpu:{','.join(gpus)}" if gpus else "cpu"
+    return {"sweeps.host": socket.gethostname(), "sweeps.device": device}
+
+
+def child_overrides(overrides: Sequence[str]) -> list[str]:
+    """The worker's overrides: the parent's, with ``sweep.workers=1``."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(_OWN_KEYS)]
+    return [*kept, "sweep.workers=1"]
+
+
+def launch_workers(
+    cfg: RunConfig, overrides: Sequence[str], executable: str = sys.executable
+) -> int | None:
+    """Starts the workers ``sweep.workers`` asks for and waits for them; returns the exit code.
+
+    Returns None when this process is to run the study itself: one worker, or a process a
+    launcher started.
+
+    Args:
+        cfg: The validated config.
+        overrides: The command line's Hydra overrides, given again to every worker.
+        executable: The Python interpreter of the workers.
+    """
+    if os.environ.get(LAUNCHED_ENV) or cfg.sweep.workers == 1:
+        return None
+    slots = plan_workers(cfg.sweep, visible_gpus())
+    if len(slots) == 1 and cfg.sweep.workers == "auto":
+        os.environ.update(slots[0].env)  # one card, or none: this process is the worker
+        return None
+    return Launcher(cfg, slots, overrides, executable).run()
+
+
+class Launcher:
+    """Runs the worker processes of one ``run`` command and shows their output as one view."""
+
+    def __init__(
+        self, cfg: RunConfig, slots: list[Slot], overrides: Sequence[str], executable: str
+    ) -> None:
+        self.cfg, self.slots = cfg, slots
+        debug = ["--debug"] if os.environ.get("HYDRA_FULL_ERROR") == "1" else []
+        self.argv = [executable, "-m", "sweeps", "run", *child_overrides(overrides), *debug]
+        self.procs: list[subprocess.Popen] = []
+        self.signal: int | None = None
+        self._signalled_at = self._polled_at = 0.0
+        self._opened: Any = None
+        self._last_line = ""
+        self._lock = threading.Lock()
+        self._out: IO[str] = sys.stdout
+
+    def run(self) -> int:
+        """Starts every worker, relays their lines, and returns the command's exit code."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._say(
+                f"study {self.cfg.sweep.name}: {len(self.slots)} workers on "
+                f"{socket.gethostname()} (sweep.workers={self.cfg.sweep.workers}, "
+                f"trials_per_gpu={self.cfg.sweep.trials_per_gpu})"
+            )
+            _create_local_tracking(self.cfg)
+            # A signal while they start: the ones started get it, no more are started.
+            readers = [self._start(slot) for slot in self.slots if self.signal is None]
+            codes = self._wait()
+            for reader in readers:
+                reader.join(timeout=5)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._finish(codes)
+
+    def _start(self, slot: Slot) -> threading.Thread:
+        # Other hosts' launchers (SWEEPS_PARALLEL of this one) each start as many workers.
+        total = (_given_parallel() or 1) * len(self.slots)
+        env = {**os.environ, **slot.env, LAUNCHED_ENV: slot.name, "PYTHONUNBUFFERED": "1",
+               PARALLEL_ENV: str(total)}  # fmt: skip
+        # A session of its own: a terminal's Ctrl-C reaches the parent only, which passes it
+        # on once (a second SIGINT inside a worker would cut its trial's bookkeeping short).
+        proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, text=True,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.procs.append(proc)
+        pinned = f", CUDA_VISIBLE_DEVICES={slot.env['CUDA_VISIBLE_DEVICES']}" if (
+            "CUDA_VISIBLE_DEVICES" in slot.env) else ""  # fmt: skip
+        self._say(f"worker {slot.name}: pid {proc.pid}, device {slot.device}{pinned}")
+        reader = threading.Thread(target=self._relay, args=(slot, proc), daemon=True)
+        reader.start()
+        return reader
+
+    def _relay(self, slot: Slot, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        prefix = f"[{slot.name} {slot.device}] "
+        for line in proc.stdout:
+            with self._lock:
+                self._out.write(prefix + line)
+                self._out.flush()
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self._out.write(f"sweeps: {text}\n")
+            self._out.flush()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            return  # passed on already; the workers are ending their trials
+        self.signal, self._signalled_at = signum, time.monotonic()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def _wait(self) -> list[int]:
+        """Waits for every worker, saying at once when one of them dies."""
+        codes: dict[int, int] = {}
+        while len(codes) < len(self.procs):
+            self._signal_again()
+            self._progress()
+            for i, proc in enumerate(self.procs):
+                if i in codes or proc.poll() is None:
+                    continue
+                codes[i] = proc.returncode
+                if proc.returncode and self.signal is None:
+                    self._say(self._death_note(self.slots[i], proc.returncode))
+            time.sleep(0.2)
+        return [codes[i] for i in range(len(self.procs))]
+
+    def _progress(self) -> None:
+        """The study's totals across every worker, printed when they change (every 2 s)."""
+        if time.monotonic() - self._polled_at < _POLL_S:
+            return
+        self._polled_at = time.monotonic()
+        try:
+            line = self._totals_line()
+        except Exception:  # not created yet, or the storage is briefly away
+            return
+        if line != self._last_line:
+            self._last_line = line
+            self._say(line)
+
+    def _totals_line(self) -> str:
+        counts, best = study_totals(self._study())
+        names = {"FAIL": "failed", "WAITING": "queued for retry"}
+        shown = ", ".join(f"{n} {names.get(s, s.lower())}" for s, n in counts.items() if n)
+        line = f"study {self.cfg.sweep.name}: {shown or 'no trials yet'}"
+        if best is not None:
+            line += f"; best {self.cfg.sweep.metric} {best[1]:.4f} (trial {best[0]})"
+        return line
+
+    def _study(self) -> Any:
+        if self._opened is None:
+            self._opened = _open_study(self.cfg)
+        return self._opened
+
+    def _signal_again(self) -> None:
+        """Signals again a worker still inside its trial ``_RESIGNAL_S`` after the signal.
+
+        Python raises KeyboardInterrupt where the main thread happens to be; inside a garbage
+        collector callback (JAX registers one) it is printed and dropped, and that worker
+        would train on. One that got it records its trial as FAIL within a second.
+        """
+        if self.signal is None or time.monotonic() - self._signalled_at < _RESIGNAL_S:
+            return
+        self._signalled_at = time.monotonic()
+        try:
+            pids = running_trial_pids(self._study())
+        except Exception:  # the storage may be gone too; the workers end on their own
+            return
+        for slot, proc in zip(self.slots, self.procs, strict=True):
+            if proc.poll() is None and proc.pid in pids:
+                self._say(f"worker {slot.name} is still in its trial: signalling it again")
+                proc.send_signal(self.signal)
+
+    def _death_note(self, slot: Slot, code: int) -> str:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        others = "the other workers retry" if len(self.slots) > 1 else "the next run retries"
+        return f"worker {slot.name} ({slot.device}) stopped ({how}); {others} its running trial"
+
+    def _finish(self, codes: list[int]) -> int:
+        """The exit code: 130/143 after a signal, else 0 when every worker exited cleanly."""
+        self._summary()
+        if self.signal is not None:
+            return 128 + self.signal
+        failed = [c for c in codes if c]
+        if not failed:
+            return 0
+        self._say(f"{len(failed)} of {len(codes)} workers failed (exit codes {failed})")
+        return failed[0] if len(set(failed)) == 1 and failed[0] > 0 else 1
+
+    def _summary(self) -> None:
+        """The study's totals, read back from its storage (all workers together)."""
+        try:
+            self._say(self._totals_line())
+        except Exception as exc:  # the storage may be what failed the workers
+            self._say(f"could not read the study back: {type(exc).__name__}")
+
+
+def _create_local_tracking(cfg: RunConfig) -> None:
+    """Creates a new SQLite MLflow store once, before the workers start.
+
+    N processes creating one SQLite database at once race through its schema migrations,
+    and under load some time out; a tracking server or an existing store needs nothing.
+    """
+    from sweeps.runner import open_tracker
+
+    uri = cfg.tracking.uri
+    if uri is None or uri.startswith("sqlite:"):
+        open_tracker(cfg).close()
+
+
+def _open_study(cfg: RunConfig) -> Any:
+    import optuna
+
+    from sweeps.storage import open_storage
+
+    storage = open_storage(cfg.storage, cfg.store_dir, lambda study, trial: None)
+    return optuna.load_study(study_name=cfg.sweep.name, storage=storage)
+
+
+def running_trial_pids(study: Any) -> set[int]:
+    """Process ids of this host's workers that have a RUNNING trial in the study."""
+    from optuna.trial import TrialState
+
+    from sweeps.storage import WORKER_ATTR
+
+    host, pids = socket.gethostname(), set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if owner == host and pid.isdigit():
+            pids.add(int(pid))
+    return pids
+
+
+def study_totals(study: Any) -> tuple[dict[str, int], tuple[int, float] | None]:
+    """Trials per state and the best (number, value) of the study, as every worker left it."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return counts, None
+    pick = max if study.direction == StudyDirection.MAXIMIZE else min
+    best = pick(done, key=lambda t: t.value)
+    return counts, (best.number, float(best.value))

@@ -1,0 +1,109 @@
+"""The study's summary on its MLflow parent run, so the UI shows the answer at first glance.
+
+Recomputed from the Optuna study every time a worker stops, so whichever worker finishes the
+study last writes the final numbers, and writing them twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps.lifecycle import VARIANT_PARAM
+from sweeps.stats import mean_ci
+
+TEST_METRICS = ("test_acc", "test_loss", "test_macro_f1")
+
+
+@dataclass
+class StudySummary:
+    """What the parent run carries: metrics, the best trial's parameters, tags."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def summarize(
+    trials: Sequence[Any], metric: str, maximize: bool, variants: Sequence[str] = ()
+) -> StudySummary:
+    """The summary of the study's counted trials (retried and surplus ones left out).
+
+    Args:
+        trials: Optuna frozen trials of this mode.
+        metric: The optimised metric (``sweep.metric``).
+        maximize: Whether a higher ``metric`` is better.
+        variants: Ablation variant names, in the study's order; empty for a search.
+    """
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+    for t in trials:
+        if t.state.name in counts:
+            counts[t.state.name] += 1
+    out = StudySummary(
+        metrics={
+            "trials_complete": counts["COMPLETE"],
+            "trials_pruned": counts["PRUNED"],
+            "trials_failed": counts["FAIL"],
+        }
+    )
+    complete = [t for t in trials if t.state.name == "COMPLETE" and _finite(t.value)]
+    if complete:
+        best = (max if maximize else min)(complete, key=lambda t: (t.value, -t.number))
+        out.metrics[f"best_{metric}"] = float(best.value)
+        out.metrics["best_trial"] = best.number
+        for key in TEST_METRICS:
+            if _finite(best.user_attrs.get(key)):
+                out.metrics[f"best_{key}"] = float(best.user_attrs[key])
+        out.params = {f"best.{k}": v for k, v in best.params.items()}
+        out.tags["sweeps.best_trial"] = str(best.number)
+    out.tags["mlflow.note.content"] = _description(out.metrics, metric, variants)
+    for name in variants:
+        values = [
+            float(t.user_attrs["test_acc"])
+            for t in complete
+            if t.params.get(VARIANT_PARAM) == name and _finite(t.user_attrs.get("test_acc"))
+        ]
+        if not values:
+            continue
+        mean, low, high = mean_ci(values)
+        key = metric_name(name)
+        out.metrics[f"{key}.runs"] = len(values)
+        out.metrics[f"{key}.test_acc_mean"] = mean
+        out.metrics[f"{key}.test_acc_ci_low"] = low  # nan below 2 runs: not logged
+        out.metrics[f"{key}.test_acc_ci_high"] = high
+    return out
+
+
+def _description(metrics: dict[str, float], metric: str, variants: Sequence[str]) -> str:
+    """The run's Description in the MLflow UI: what the parent and its child runs are."""
+    counts = (
+        f"{metrics['trials_complete']} complete, {metrics['trials_pruned']} pruned, "
+        f"{metrics['trials_failed']} failed"
+    )
+    lines = [f"Study summary ({counts}). Each child run is one trial."]
+    if "best_trial" in metrics:
+        best = f"Best trial: {int(metrics['best_trial'])}, {metric} {metrics[f'best_{metric}']:.4f}"
+        if "best_test_acc" in metrics:
+            best += f", test_acc {metrics['best_test_acc']:.4f}"
+        lines.append(best + " (metrics `best_*`, parameters `best.*`).")
+    if variants:
+        lines.append(
+            "Ablation: per variant `VARIANT.test_acc_mean` with its 95% interval "
+            "(`_ci_low`, `_ci_high`); group the child runs by `ablation.variant`."
+        )
+    return "\n\n".join(lines)
+
+
+def metric_name(text: str) -> str:
+    """``text`` with what MLflow refuses in a metric name (``=``, ``,``, ...) made ``_``."""
+    return re.sub(r"[^\w.\- /]", "_", text)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,129 @@
+"""``train.precision``: which Keras dtype policy a trial trains under, and why.
+
+``auto`` picks mixed bfloat16 on CPUs with bfloat16 instructions (AVX512_BF16 or AMX: oneDNN
+then runs convolutions and matrix products in bfloat16 at about half the CPU time), mixed
+float16 on NVIDIA GPUs of compute capability 7.0 or more (tensor cores), and float32 elsewhere.
+The host facts are read without importing TensorFlow (``/proc/cpuinfo``, ``nvidia-smi``), so the
+`run` command can print and log the choice before any trial; setting the policy goes through
+``keras.mixed_precision``, the same call on every Keras backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+MIN_FP16_CAPABILITY = 7.0  # Volta: the first GPUs with float16 tensor cores
+
+
+def resolve(requested: str, *, cpu_flags: Iterable[str], gpu_capability: float | None) -> str:
+    """The policy ``requested`` means on a host with these facts.
+
+    Args:
+        requested: One of PRECISIONS.
+        cpu_flags: The CPU's feature flags, as in ``/proc/cpuinfo``.
+        gpu_capability: The visible GPU's compute capability, or None without one.
+    """
+    if requested != "auto":
+        return requested
+    if gpu_capability is not None:
+        # A GPU trains the model: the CPU's flags do not matter then.
+        return "mixed_float16" if gpu_capability >= MIN_FP16_CAPABILITY else "float32"
+    flags = set(cpu_flags)
+    return "mixed_bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"
+
+
+def reason(requested: str, resolved: str, *, cpu_flags: Iterable[str],
+           gpu_capability: float | None) -> str:  # fmt: skip
+    """One line saying what was chosen and why, as printed at the start of a run."""
+    if requested != "auto":
+        return f"precision: {resolved} (train.precision={requested})"
+    if gpu_capability is not None:
+        return f"precision: {resolved} (auto: GPU of compute capability {gpu_capability:g})"
+    has = [f for f in BF16_CPU_FLAGS if f in set(cpu_flags)]
+    why = f"CPU has {', '.join(has)}" if has else "no GPU, no bfloat16 instructions on the CPU"
+    return f"precision: {resolved} (auto: {why})"
+
+
+def host_cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
+    """The first CPU's feature flags; empty where ``path`` cannot be read (not Linux)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86, arm64
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def host_gpu_capability() -> float | None:
+    """The highest compute capability ``nvidia-smi`` reports, or None without a usable GPU.
+
+    A GPU hidden from this process (``CUDA_VISIBLE_DEVICES`` empty or -1) counts as none.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=15)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    caps = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        try:
+            caps.append(float(line.strip()))
+        except ValueError:  # "[N/A]" on old drivers
+            continue
+    return max(caps) if caps else None
+
+
+@functools.cache
+def describe(requested: str) -> tuple[str, str]:
+    """``(resolved policy, one-line reason)`` on this host; the host is probed once."""
+    flags, cap = host_cpu_flags(), host_gpu_capability()
+    resolved = resolve(requested, cpu_flags=flags, gpu_capability=cap)
+    return resolved, reason(requested, resolved, cpu_flags=flags, gpu_capability=cap)
+
+
+def choose(requested: str) -> str:
+    """The policy ``requested`` resolves to on this host."""
+    return describe(requested)[0]
+
+
+def apply(requested: str) -> str:
+    """Sets Keras's global dtype policy for the models built from now on; returns its name."""
+    import keras
+
+    resolved = choose(requested)
+    if keras.mixed_precision.global_policy().name != resolved:
+        keras.mixed_precision.set_global_policy(resolved)
+    return resolved
+
+
+@contextlib.contextmanager
+def policy(requested: str) -> Iterator[str]:
+    """The resolved policy for the models built (and compiled) inside; the previous one after.
+
+    Layers keep the policy they were built under, so restoring it leaves the trial's model as
+    it is while the rest of the process (the next trial, a notebook, a test) is unaffected.
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    resolved = apply(requested)
+    try:
+        yield resolved
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

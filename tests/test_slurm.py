@@ -1,0 +1,195 @@
+"""deploy/slurm/sweeps.sbatch on a real one-node Slurm cluster, started inside the test.
+
+Debian's ``slurm-wlm`` and ``munge`` (``apt-get install slurm-wlm munge``): munged with a key
+of its own, slurmctld and slurmd on 127.0.0.1, everything in a temporary folder; the node has
+2 CPUs and no GPU, so the job is submitted with ``--gres=none``. The job array runs the
+quickstart against a real PostgreSQL (tests/pg.py) and a real ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MlflowServer, free_port, wait_http
+
+pytest_plugins = ["pg"]
+
+ROOT = Path(__file__).resolve().parents[1]
+SBATCH = ROOT / "deploy" / "slurm" / "sweeps.sbatch"
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
+
+SLURM_CONF = """\
+ClusterName=sweepstest
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={root}/munge/munge.sock
+CredType=cred/munge
+SlurmUser={user}
+SlurmdUser=root
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class SlurmCluster:
+    """munged, slurmctld and slurmd of one node, configured under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.conf = root / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def start(self) -> SlurmCluster:
+        munge = self.root / "munge"
+        for d in (munge, self.root / "state", self.root / "spool"):
+            d.mkdir(mode=0o700)
+        key = munge / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        self._daemon("munged", f"--key-file={key}", f"--socket={munge}/munge.sock",
+                     f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
+                     f"--seed-file={munge}/munged.seed", "--force")  # fmt: skip
+        ctld_port = free_port()
+        self.conf.write_text(SLURM_CONF.format(root=self.root, ctld_port=ctld_port,
+                                               d_port=free_port(), user="root"))  # fmt: skip
+        self._daemon("slurmctld", "-i")
+        self._daemon("slurmd", "-N", "localhost")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True,
+                                 text=True, timeout=20)  # fmt: skip
+            if out.stdout.strip() in ("idle", "mix", "alloc"):
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"the node did not come up: {self.logs()}")
+
+    def _daemon(self, name: str, *args: str) -> None:
+        done = subprocess.run([shutil.which(name) or name, *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"{name} did not start: {done.stderr.strip()} {self.logs()}")
+
+    def logs(self) -> str:
+        tails = []
+        for log in ("slurmctld.log", "slurmd.log", "munge/munged.log"):
+            path = self.root / log
+            if path.exists():
+                tails.append(f"{log}: {path.read_text()[-800:]}")
+        return "\n".join(tails)
+
+    def stop(self) -> None:
+        for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
+            path = self.root / pid_file
+            try:
+                os.kill(int(path.read_text().strip()), 15)
+            except (OSError, ValueError):
+                continue  # never started, or gone already
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real ``mlflow server``, given longer to start than the shared one on a busy machine."""
+    server = MlflowServer(tmp_path_factory.mktemp("slurm-mlflow"))
+    try:
+        server.start()
+    except RuntimeError:
+        wait_http(f"{server.uri}/health", timeout=240)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs slurmd as root (it starts jobs as their users)")
+    root = Path(tempfile.mkdtemp(prefix="sweeps-slurm-", dir="/tmp"))
+    cluster = SlurmCluster(root)
+    try:
+        cluster.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        cluster.stop()
+        pytest.skip(f"Slurm could not start here: {str(exc)[:400]}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sbatch_file_asks_for_one_gpu_per_array_task_and_runs_auto_workers():
+    text = SBATCH.read_text()
+    directives = [ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("#SBATCH")]
+    assert "--gres=gpu:1" in directives and any(d.startswith("--array=") for d in directives)
+    assert "sweep.workers=auto" in text and "storage=postgres tracking=server" in text
+    assert "SLURM_ARRAY_TASK_COUNT" in text  # the constant liar knows the array's size
+    assert "PASSWORD=" not in text.replace("POSTGRES_PASSWORD=...", "")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_job_array_runs_the_quickstart_against_postgres_and_mlflow(
+    slurm, postgres, tracking_server, tmp_path
+):
+    import optuna
+    from mlflow import MlflowClient
+
+    db = f"sweeps_{uuid.uuid4().hex[:8]}"
+    url = postgres.create_database(db)
+    name = f"slurm-{uuid.uuid4().hex[:6]}"
+    env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
+           "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
+           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": tracking_server.uri,
+           "SWEEPS_PYTHON": sys.executable,
+           "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    n_trials = 3
+    argv = ["sbatch", "--wait", "--array=0-1", "--gres=none", "--cpus-per-task=1",
+            f"--output={tmp_path}/task-%a.out", f"--chdir={tmp_path}", str(SBATCH),
+            "+study=quickstart", f"sweep.name={name}", f"sweep.n_trials={n_trials}",
+            "train.epochs=1", "train.verbose=0", "train.threads=1",
+            "train.subprocess=false"]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420)
+    outs = "\n".join(p.read_text()[-1500:] for p in sorted(tmp_path.glob("task-*.out")))
+    assert done.returncode == 0, f"{done.stderr}\n{outs}\n{slurm.logs()}"
+    assert len(list(tmp_path.glob("task-*.out"))) == 2
+
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    surplus = [t for t in trials if t.user_attrs.get("sweeps.spurious")]
+    counted = [t for t in trials if t not in surplus]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * n_trials, outs
+    assert all(t.state.name == "FAIL" for t in surplus)
+    client = MlflowClient(tracking_uri=tracking_server.uri)
+    for t in counted:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweeps.device"] == "cpu"
+    assert postgres.password not in outs
