@@ -8,13 +8,11 @@ images ``(N, H, W, C)`` and int64 labels, plus class names), checked as the buil
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import logging
-import os
-import sys
 from collections.abc import Callable
+
+from sweeps.userpath import import_callable
 
 from .base import ImageData
 from .errors import DataError
@@ -55,36 +53,7 @@ def resolve_loader(path: str, *, find_only: bool = False) -> Loader | None:
     Raises:
         DataError: One line: the module does not import, or does not name a callable.
     """
-    module_name, sep, attr = path.partition(":")
-    if not (sep and module_name and attr):
-        raise DataError("not a module:function path (e.g. mypkg.data:load)")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    hint = f"give module:function on PYTHONPATH or in the working directory ({cwd})"
-    try:
-        if find_only:
-            if importlib.util.find_spec(module_name) is None:
-                raise DataError(f"cannot import module {module_name!r}; {hint}")
-            return None
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name + ".").startswith(exc.name + "."):
-            raise DataError(f"cannot import module {exc.name!r}; {hint}") from None
-        raise DataError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
-    except Exception as exc:  # the user's module itself raised while importing
-        raise DataError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
-    loader = getattr(module, attr, None)
-    if loader is None:
-        raise DataError(f"module {module_name!r} has no {attr!r}; {hint}")
-    if not callable(loader):
-        raise DataError(f"{path} is a {type(loader).__name__}, not a function")
-    return loader
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return import_callable(path, DataError, "mypkg.data:load", find_only=find_only)
 
 
 def load_dataset(name: str, **kwargs: object) -> ImageData:

@@ -12,16 +12,14 @@ return an uncompiled ``keras.Model`` whose output is one sigmoid unit for two cl
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweeps.models.errors import ModelConfigError
+
+from sweeps.userpath import first_line, import_callable
 
 if TYPE_CHECKING:
     import keras
@@ -89,31 +87,7 @@ def resolve_builder(path: str, *, find_only: bool = False) -> Builder | None:
     Raises:
         ModelConfigError: One line: the module does not import, or does not name a callable.
     """
-    module_name, sep, attr = path.partition(":")
-    if not (sep and module_name and attr):
-        raise ModelConfigError("not a module:function path (e.g. mypkg.models:build)")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    hint = f"give module:function on PYTHONPATH or in the working directory ({cwd})"
-    try:
-        if find_only:
-            if importlib.util.find_spec(module_name) is None:
-                raise ModelConfigError(f"cannot import module {module_name!r}; {hint}")
-            return None
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name + ".").startswith(exc.name + "."):
-            raise ModelConfigError(f"cannot import module {exc.name!r}; {hint}") from None
-        raise ModelConfigError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
-    except Exception as exc:  # the user's module itself raised while importing
-        raise ModelConfigError(f"importing {module_name!r} failed: {_first_line(exc)}") from None
-    builder = getattr(module, attr, None)
-    if builder is None:
-        raise ModelConfigError(f"module {module_name!r} has no {attr!r}; {hint}")
-    if not callable(builder):
-        raise ModelConfigError(f"{path} is a {type(builder).__name__}, not a function")
-    return builder
+    return import_callable(path, ModelConfigError, "mypkg.models:build", find_only=find_only)
 
 
 def check_arguments(name: str, **kwargs: Any) -> None:
@@ -159,15 +133,10 @@ def create_model(
     try:  # the user's code: its shape errors become a one-line config error, as for ours
         model = builder(tuple(input_shape), num_classes, **_drop_none(kwargs))
     except (ValueError, TypeError) as exc:
-        raise ModelConfigError(f"model {name}: building failed: {_first_line(exc)}") from exc
+        raise ModelConfigError(f"model {name}: building failed: {first_line(exc)}") from exc
     if not hasattr(model, "count_params"):
         raise ModelConfigError(f"model {name} returned {type(model).__name__}, not a keras.Model")
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _lookup(name: str) -> _Entry:
