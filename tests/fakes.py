@@ -84,3 +84,40 @@ class FakeTrainer:
             param_count=1000 + 10 * int(spec.model_kwargs.get("kernel_size", 3)),
             artifacts=artifacts,
         )
+
+
+def spy_on_engine_study(monkeypatch) -> list:
+    """Collects the Optuna study each Engine runs, to see its sampler and pruner."""
+    from sweeps.engine import Engine
+
+    seen: list = []
+    original = Engine.run
+
+    def run(self):
+        seen.append(self.study)
+        return original(self)
+
+    monkeypatch.setattr(Engine, "run", run)
+    return seen
+
+
+def ghost_trial(study, cfg, worker: str):
+    """A RUNNING trial with an MLflow run, owned by ``worker`` (``host:pid``), whose worker is
+    gone: what a worker killed mid-trial leaves behind. Returns the trial and its run id."""
+    import optuna
+
+    from sweeps.runner import open_tracker
+    from sweeps.storage import WORKER_ATTR
+
+    ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
+    ghost.set_user_attr(WORKER_ATTR, worker)
+    tracker = open_tracker(cfg)
+    try:
+        parent = tracker.parent_run(cfg.sweep.name, {})
+        tags = {"sweeps.study": cfg.sweep.name, "sweeps.role": "trial", "sweeps.state": "RUNNING"}
+        tags["sweeps.trial_number"] = str(ghost.number)
+        run_id = tracker.run_id(tracker.start_run("ghost", parent, tags), timeout=30)
+    finally:
+        tracker.close()
+    ghost.set_user_attr("mlflow_run_id", run_id)
+    return ghost, run_id

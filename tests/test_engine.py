@@ -10,12 +10,12 @@ import sys
 import optuna
 import pytest
 from conftest import compose
-from fakes import FakeTrainer, default_curve
+from fakes import FakeTrainer, default_curve, ghost_trial, spy_on_engine_study
 from optuna.trial import TrialState
 
 from sweeps.errors import StudyMismatch
 from sweeps.runner import open_tracker, run_study
-from sweeps.storage import WORKER_ATTR, open_storage
+from sweeps.storage import open_storage
 
 
 def _study(cfg):
@@ -237,19 +237,7 @@ def test_interrupted_trial_fails_then_resumes(store):
 
 def _ghost_trial(cfg, pid: int | str):
     """A RUNNING trial with an MLflow run, owned by process ``pid`` of this host."""
-    study = _study(cfg)
-    ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
-    ghost.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{pid}")
-    tracker = open_tracker(cfg)
-    try:
-        parent = tracker.parent_run(cfg.sweep.name, {})
-        tags = {"sweeps.study": cfg.sweep.name, "sweeps.role": "trial", "sweeps.state": "RUNNING"}
-        tags["sweeps.trial_number"] = str(ghost.number)
-        run_id = tracker.run_id(tracker.start_run("ghost", parent, tags), timeout=30)
-    finally:
-        tracker.close()
-    ghost.set_user_attr("mlflow_run_id", run_id)
-    return ghost, run_id
+    return ghost_trial(_study(cfg), cfg, f"{os.uname().nodename}:{pid}")
 
 
 def _assert_failed_and_retried(cfg, ghost, run_id: str) -> None:
@@ -309,21 +297,6 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
         tracker.close()
 
 
-def _spy_on_engine_study(monkeypatch) -> list:
-    """Collects the Optuna study each Engine runs, to see its sampler and pruner."""
-    from sweeps.engine import Engine
-
-    seen: list = []
-    original = Engine.run
-
-    def run(self):
-        seen.append(self.study)
-        return original(self)
-
-    monkeypatch.setattr(Engine, "run", run)
-    return seen
-
-
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
 def test_every_sampler_runs_a_study(store, sampler, monkeypatch):
     # The grid needs finite values: keep the quickstart's choices, drop its continuous ones.
@@ -343,7 +316,7 @@ def test_every_sampler_runs_a_study(store, sampler, monkeypatch):
         *extra,
         store=store,
     )
-    used = _spy_on_engine_study(monkeypatch)
+    used = spy_on_engine_study(monkeypatch)
     run_study(cfg, trainer=FakeTrainer())
     expected = {
         "tpe": optuna.samplers.TPESampler,

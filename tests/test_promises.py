@@ -18,7 +18,7 @@ import optuna
 import pytest
 from cli_helpers import run_cli
 from conftest import compose
-from fakes import FakeTrainer, default_curve
+from fakes import FakeTrainer, default_curve, spy_on_engine_study
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -42,21 +42,6 @@ def _runs(cfg) -> dict[int, dict]:
         }
     finally:
         tracker.close()
-
-
-def _spy_on_engine_study(monkeypatch) -> list:
-    """Collects the Optuna study each Engine runs, to see its sampler and pruner."""
-    from sweeps.engine import Engine
-
-    seen: list = []
-    original = Engine.run
-
-    def run(self):
-        seen.append(self.study)
-        return original(self)
-
-    monkeypatch.setattr(Engine, "run", run)
-    return seen
 
 
 # -- the spool: unsent MLflow writes are kept and sent by the next run --------------------------
@@ -236,7 +221,7 @@ def test_ablations_never_prune(store, monkeypatch):
         "sweep.warmup_epochs=0",
         store=store,
     )
-    used = _spy_on_engine_study(monkeypatch)
+    used = spy_on_engine_study(monkeypatch)
     trainer = FakeTrainer(curve)
     assert run_study(cfg, trainer=trainer) == 0
     assert isinstance(used[0].pruner, optuna.pruners.NopPruner)
@@ -306,7 +291,7 @@ def test_hyperband_pruner_stops_the_weak_trials(store, monkeypatch):
         "train.epochs=6",
         store=store,
     )
-    used = _spy_on_engine_study(monkeypatch)
+    used = spy_on_engine_study(monkeypatch)
     trainer = FakeTrainer(curve)
     assert run_study(cfg, trainer=trainer) == 0
     assert isinstance(used[0].pruner, optuna.pruners.HyperbandPruner)
@@ -347,7 +332,7 @@ def test_gp_sampler_runs_a_study(store, monkeypatch):
         "train.epochs=1",
         store=store,
     )
-    used = _spy_on_engine_study(monkeypatch)
+    used = spy_on_engine_study(monkeypatch)
     assert run_study(cfg, trainer=FakeTrainer()) == 0
     assert isinstance(used[0].sampler, optuna.samplers.GPSampler)
     assert [t.state for t in _study(cfg).trials] == [TrialState.COMPLETE] * 5

@@ -10,11 +10,11 @@ import optuna
 import pytest
 from cli_helpers import run_cli
 from conftest import compose
-from fakes import FakeTrainer
+from fakes import FakeTrainer, ghost_trial
 from optuna.trial import TrialState
 
 from sweeps.runner import open_tracker, run_study
-from sweeps.storage import WORKER_ATTR, open_storage
+from sweeps.storage import open_storage
 
 pytest_plugins = ["pg"]  # the `postgres` fixture: a throwaway PostgreSQL cluster
 pytestmark = pytest.mark.slow
@@ -39,17 +39,7 @@ def test_dead_trial_on_postgres_is_failed_and_retried_by_a_later_run(tmp_path, p
     assert run_study(cfg, trainer=FakeTrainer()) == 0
     # A worker on another host took a trial, beat once, and was lost with its machine.
     study = _study(cfg)
-    ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
-    ghost.set_user_attr(WORKER_ATTR, "lost-host:4242")
-    tracker = open_tracker(cfg)
-    try:
-        parent = tracker.parent_run(cfg.sweep.name, {})
-        tags = {"sweeps.study": cfg.sweep.name, "sweeps.role": "trial", "sweeps.state": "RUNNING"}
-        tags["sweeps.trial_number"] = str(ghost.number)
-        run_id = tracker.run_id(tracker.start_run("ghost", parent, tags), timeout=30)
-    finally:
-        tracker.close()
-    ghost.set_user_attr("mlflow_run_id", run_id)
+    ghost, run_id = ghost_trial(study, cfg, "lost-host:4242")
     study._storage.record_heartbeat(ghost._trial_id)
     time.sleep(3)  # older than storage.grace_period: no worker of the study is left to see it
 
