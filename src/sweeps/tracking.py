@@ -9,6 +9,8 @@ replayed by the next ``run``. Nothing else in the code base imports ``mlflow``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,23 +96,24 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             _probe_http(self.uri, timeout)
-        fresh = False
-        if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri[len("sqlite:///") :])
-            db.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not db.exists()
         from mlflow import MlflowClient
 
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if fresh:
-                    _init_sqlite_store(self.uri, artifact_root)
-                    fresh = False
-                client = MlflowClient(tracking_uri=self.uri)
-                client.search_experiments(max_results=1)
+                if self.uri.startswith("sqlite:///"):
+                    # MLflow creates and migrates a new database in several transactions;
+                    # two processes doing it at once leave it half-migrated for good.
+                    with _sqlite_first_use(self.uri) as fresh:
+                        if fresh:
+                            _init_sqlite_store(self.uri, artifact_root)
+                        client = MlflowClient(tracking_uri=self.uri)
+                        client.search_experiments(max_results=1)
+                else:
+                    client = MlflowClient(tracking_uri=self.uri)
+                    client.search_experiments(max_results=1)
                 return client
-            except Exception as exc:  # several processes may create a new database at once
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise TrackingUnreachable(
                         f"MLflow tracking at {mask_url(self.uri)} cannot be used "
@@ -432,6 +435,23 @@ class Tracker:
                 item = json.loads(line)
                 self._put(item["op"], *_decode_args(item["args"]))
             claimed.unlink()
+
+
+@contextlib.contextmanager
+def _sqlite_first_use(uri: str) -> Iterator[bool]:
+    """Holds ``<db>.lock`` while a process opens a SQLite store; yields whether it is new.
+
+    MLflow checks and migrates the schema whenever a client opens the database, so every
+    process takes the lock for its first connection, not only the one that creates the file.
+    """
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield not db.exists() or db.stat().st_size == 0
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _init_sqlite_store(uri: str, artifact_root: Path | None) -> None:
