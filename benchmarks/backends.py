@@ -48,7 +48,7 @@ FULL = Workload(
         "fashion": Model("fashion_mnist_dropout", images=6000, size=28, channels=1, classes=10),
     },
     epochs=2,
-    repeats=2,
+    repeats=3,  # benchmarks/results/ keeps runs of at least 3 repeats
 )
 QUICK = Workload(
     {
