@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import re
@@ -40,6 +41,18 @@ def _runs(tracker, name):
     parent = tracker.run_info(parent_id)
     trials = {int(r["tags"]["sweeps.trial_number"]): r for r in tracker.trial_runs(name)}
     return parent, trials, client
+
+
+def _assert_view_shows_the_answer(client, tracker, key, parent, runs, *expected):
+    """The study's saved UI view names only columns that runs have, ``expected`` among them."""
+    tags = client.get_experiment(tracker.experiment_id).tags
+    columns = json.loads(tags[f"mlflow.sharedViewState.{key}"])["selectedColumns"]
+    have = set()
+    for run in [parent, *runs.values()]:
+        have |= {f"metrics.`{k}`" for k in run["metrics"]}
+        have |= {f"params.`{k}`" for k in run["params"]}
+    assert set(columns) <= have, set(columns) - have
+    assert set(expected) <= set(columns)
 
 
 def _artifact_paths(client, run_id):
@@ -90,6 +103,11 @@ def test_search_parent_carries_the_summary_and_pruned_runs_finish(tmp_path, mlfl
         )
         for key, value in study.best_trial.params.items():
             assert parent["params"][f"best.{key}"] == str(value)
+        _assert_view_shows_the_answer(
+            client, tracker, f"{name}-search", parent, runs,
+            "metrics.`best_val_acc`", "metrics.`trials_pruned`", "metrics.`test_acc`",
+            *[f"params.`{k}`" for k in study.best_trial.params],
+        )  # fmt: skip
 
         for t in complete:
             run = runs[t.number]
@@ -139,7 +157,13 @@ def test_ablation_parent_has_each_variant_and_children_group_by_variant(tmp_path
     study = _study(cfg)
     tracker = open_tracker(cfg)
     try:
-        parent, runs, _ = _runs(tracker, name)
+        parent, runs, client = _runs(tracker, name)
+        keys = [re.sub(r"[^\w.\- /]", "_", v.name) for v in cfg.variants]
+        means = [f"metrics.`{key}.test_acc_mean`" for key in keys]
+        _assert_view_shows_the_answer(
+            client, tracker, f"{name}-ablation", parent, runs,
+            "params.`ablation.variant`", "params.`ablation.repeat`", *means,
+        )  # fmt: skip
     finally:
         tracker.close()
     assert parent["status"] == "FINISHED"
@@ -228,6 +252,8 @@ def test_quickstart_on_a_terminal_is_quiet_live_and_says_how_to_open_it(tmp_path
     assert "\x1b[" in text  # drawn in place
     db = (store / "mlflow.db").resolve()
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in plain
+    # The runs table of the study's saved view: its answer in the columns.
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=quickstart-search" in plain
     assert re.search(r"best trial \d+: val_acc 0\.\d{4}, test_acc 0\.\d{4}", plain)
 
     # No Default experiment left pointing at ./mlruns of the working directory.

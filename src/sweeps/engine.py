@@ -60,6 +60,7 @@ class Summary:
     tracking_uri: str = ""
     experiment_id: str = ""
     parent_run: str = ""
+    view_key: str = ""  # the MLflow UI's saved view of this study (viewStateShareKey)
 
 
 class Engine:
@@ -314,7 +315,7 @@ class Engine:
         trial runs anywhere; left RUNNING while other workers' trials run (the last one to
         stop writes the final summary). Returns whether the study is complete.
         """
-        from sweeps.parent import summarize
+        from sweeps.parent import summarize, view_columns
         from sweeps.tracking import FINISHED, KILLED
 
         done, running, waiting = self._counts()
@@ -327,6 +328,10 @@ class Engine:
         try:
             tags = {**result.tags, "sweeps.state": state}
             self.tracker.summarize_run(self.parent_run, result.metrics, result.params, tags)
+            names = [k.removeprefix("best.") for k in result.params]
+            columns = view_columns(self.cfg.sweep.metric, variants, names)
+            key = f"{self.cfg.sweep.name}-{self.cfg.sweep.mode}"
+            summary.view_key = self.tracker.save_view(key, columns)
             if complete or not running:
                 self.tracker.end_run(self.parent_run, FINISHED if complete else KILLED)
         except Exception as exc:  # the study's results are in Optuna whatever MLflow says

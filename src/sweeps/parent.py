@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.lifecycle import VARIANT_PARAM
+from sweeps.lifecycle import REPEAT_PARAM, VARIANT_PARAM
 from sweeps.stats import mean_ci
 
 TEST_METRICS = ("test_acc", "test_loss", "test_macro_f1")
@@ -75,6 +75,29 @@ def summarize(
         out.metrics[f"{key}.test_acc_ci_low"] = low  # nan below 2 runs: not logged
         out.metrics[f"{key}.test_acc_ci_high"] = high
     return out
+
+
+def view_columns(metric: str, variants: Sequence[str], params: Sequence[str]) -> list[str]:
+    """The runs-table columns of the study's saved MLflow view, in order.
+
+    The parent run and its trials share ``best_<metric>`` (the study's best trial on the
+    parent, each trial's best epoch on the trials); then the parent's best-trial test metric and
+    counts, the trials' test accuracy, and for an ablation the variant and repeat of each trial
+    and the parent's per-variant means, for a search the parameters that vary.
+    """
+
+    def col(kind: str, key: str) -> str:  # the UI's column key
+        return f"{kind}.`{key}`"
+
+    columns = [col("metrics", f"best_{metric_name(metric)}")]
+    columns += [col("metrics", k) for k in ("best_test_acc", "test_acc", "best_trial")]
+    columns += [col("metrics", f"trials_{state}") for state in ("complete", "pruned", "failed")]
+    if variants:
+        columns += [col("params", VARIANT_PARAM), col("params", REPEAT_PARAM)]
+        columns += [col("metrics", f"{metric_name(name)}.test_acc_mean") for name in variants]
+    else:
+        columns += [col("params", name) for name in params]
+    return columns
 
 
 def _description(metrics: dict[str, float], metric: str, variants: Sequence[str]) -> str:

@@ -255,7 +255,10 @@ class ConsoleProgress:
             lines.append(f"results: {Path(self.store_dir).resolve()}")
         exp = getattr(summary, "experiment_id", "")
         # MLflow 3's UI opens on its GenAI pages unless asked for the runs of model training.
-        page = f"#/experiments/{exp}?workflowType=machine_learning" if exp else ""
+        page = f"#/experiments/{exp}/runs?workflowType=machine_learning" if exp else ""
+        view = getattr(summary, "view_key", "")
+        if page and view:  # the runs table with the study's answer in its columns
+            page += f"&viewStateShareKey={view}"
         if uri.startswith("sqlite:///"):
             lines.append(f"open them: [bold]mlflow ui --backend-store-uri {uri}[/bold]")
             lines.append(f"  then http://127.0.0.1:5000/{page}")

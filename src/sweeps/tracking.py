@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ _MAX_PARAM_LEN = 6000
 # MLflow 3's UI opens an experiment without this tag on its GenAI pages (traces, no runs);
 # with it, on the runs table of model training.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A saved runs-table view of the UI: the experiment tag's suffix is the URL's viewStateShareKey.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 
 def default_uri(store_dir: Path) -> str:
@@ -260,6 +263,18 @@ class Tracker:
         self.log_params(run_id, {k: v for k, v in fresh.items() if k not in changed})
         if tags or changed:
             self.set_tags(run_id, {**(tags or {}), **changed})
+
+    def save_view(self, key: str, columns: Sequence[str]) -> str:
+        """Queues a saved view of the experiment's runs table showing ``columns``; its key.
+
+        MLflow's UI opens the view stored in the experiment tag ``mlflow.sharedViewState.KEY``
+        when its URL carries ``viewStateShareKey=KEY`` (what its Share button writes), merged
+        with its defaults; its own default columns (source, models, dataset) are empty here.
+        """
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", key)
+        state = json.dumps({"selectedColumns": list(columns)})
+        self._put("set_experiment_tag", self.experiment_id, f"{VIEW_TAG_PREFIX}{key}", state)
+        return key
 
     def end_run_now(self, run_id: str, status: str, tags: Mapping[str, Any]) -> None:
         """Ends a run at once, bypassing the queue (for runs of trials found dead)."""
