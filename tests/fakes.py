@@ -29,6 +29,19 @@ def default_curve(spec: TrialSpec) -> list[float]:
     return [ceiling * (1 - math.exp(-(e + 1) / 2)) for e in range(spec.train.epochs)]
 
 
+def weak_every_other(factor: float) -> Callable[[TrialSpec], list[float]]:
+    """A curve where every odd-numbered trial plateaus at ``factor`` of `default_curve`'s.
+
+    What a pruner should find: half the trials clearly worse after their first epochs.
+    """
+
+    def curve(spec: TrialSpec) -> list[float]:
+        base = default_curve(spec)
+        return [v * factor for v in base] if spec.number % 2 else base
+
+    return curve
+
+
 class FakeTrainer:
     """Stands in for KerasTrainer; records what it was asked to run.
 

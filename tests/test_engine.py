@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 from conftest import compose
-from fakes import FakeTrainer, default_curve, ghost_trial, spy_on_engine_study
+from fakes import FakeTrainer, default_curve, ghost_trial, spy_on_engine_study, weak_every_other
 from optuna.trial import TrialState
 
 from sweeps.errors import StudyMismatch
@@ -39,10 +39,7 @@ def _count(study, state):
 
 def test_search_prunes_and_tracks_every_trial(store):
     # Half the trials plateau low: the median pruner must stop some of them early.
-    def curve(spec):
-        base = default_curve(spec)
-        return [v * 0.5 for v in base] if spec.number % 2 else base
-
+    curve = weak_every_other(0.5)
     cfg = compose(
         "quickstart",
         "sweep.n_trials=10",

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from cli_helpers import run_cli
 from conftest import compose
-from fakes import FakeTrainer, default_curve, spy_on_engine_study
+from fakes import FakeTrainer, spy_on_engine_study, weak_every_other
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -278,10 +278,7 @@ def test_workers_sharing_one_ablation_run_every_variant_and_repeat_once(store):
 
 
 def test_hyperband_pruner_stops_the_weak_trials(store, monkeypatch):
-    def curve(spec):  # every other trial plateaus at a fifth of the others
-        base = default_curve(spec)
-        return [v * 0.2 for v in base] if spec.number % 2 else base
-
+    curve = weak_every_other(0.2)  # every other trial plateaus at a fifth of the others
     cfg = compose(
         "quickstart",
         "sweep.pruner=hyperband",

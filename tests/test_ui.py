@@ -18,7 +18,7 @@ import optuna
 import pytest
 from cli_helpers import run_cli, sweeps_cmd
 from conftest import compose
-from fakes import FakeTrainer, default_curve
+from fakes import FakeTrainer, weak_every_other
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -63,25 +63,24 @@ def _artifact_paths(client, run_id):
     return out
 
 
-def _half_plateau(spec):
-    base = default_curve(spec)
-    return [v * 0.5 for v in base] if spec.number % 2 else base
-
-
 @pytest.mark.slow
 def test_search_parent_carries_the_summary_and_pruned_runs_finish(tmp_path, mlflow_server):
     name = "ui-search"
-    cfg = compose(
-        "quickstart",
-        f"sweep.name={name}",
-        "sweep.n_trials=6",
-        "sweep.startup_trials=2",
-        "sweep.warmup_epochs=1",
-        "train.epochs=4",
-        f"tracking.uri={mlflow_server.uri}",
-        store=tmp_path / "store",
-    )
-    assert run_study(cfg, trainer=FakeTrainer(_half_plateau)) == 0
+
+    def search(n_trials: int):  # the same study, asked for more trials the second time
+        return compose(
+            "quickstart",
+            f"sweep.name={name}",
+            f"sweep.n_trials={n_trials}",
+            "sweep.startup_trials=2",
+            "sweep.warmup_epochs=1",
+            "train.epochs=4",
+            f"tracking.uri={mlflow_server.uri}",
+            store=tmp_path / "store",
+        )
+
+    cfg = search(6)
+    assert run_study(cfg, trainer=FakeTrainer(weak_every_other(0.5))) == 0
     study = _study(cfg)
     trials = study.get_trials(deepcopy=False)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -121,17 +120,8 @@ def test_search_parent_carries_the_summary_and_pruned_runs_finish(tmp_path, mlfl
         tracker.close()
 
     # Given more trials, the study reopens its parent and ends it again with the new totals.
-    more = compose(
-        "quickstart",
-        f"sweep.name={name}",
-        "sweep.n_trials=7",
-        "sweep.startup_trials=2",
-        "sweep.warmup_epochs=1",
-        "train.epochs=4",
-        f"tracking.uri={mlflow_server.uri}",
-        store=tmp_path / "store",
-    )
-    assert run_study(more, trainer=FakeTrainer(_half_plateau)) == 0
+    more = search(7)
+    assert run_study(more, trainer=FakeTrainer(weak_every_other(0.5))) == 0
     tracker = open_tracker(more)
     try:
         parent, _, _ = _runs(tracker, name)

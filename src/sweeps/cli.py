@@ -393,11 +393,14 @@ def _load(cfg):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say it all
     raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    loaded = load(raw, study=_study_name())
+    return load(raw, study=_study_name())
+
+
+def _keras_backend(cfg) -> None:
+    """Sets the study's Keras backend up: Keras reads it once, before anything imports it."""
     from sweeps.backend import select
 
-    select(loaded.train.backend)  # Keras reads KERAS_BACKEND once: before anything imports it
-    return loaded
+    select(cfg.train.backend)
 
 
 def _run(cfg) -> None:
@@ -407,6 +410,7 @@ def _run(cfg) -> None:
     from sweeps.runner import run_study
 
     loaded = _load(cfg)
+    _keras_backend(loaded)
     code = launch_workers(loaded, list(HydraConfig.get().overrides.task))  # sweep.workers
     if code is None:
         code = run_study(loaded)
@@ -417,7 +421,9 @@ def _run(cfg) -> None:
 def _plan(cfg) -> None:
     from sweeps.plan import plan_study
 
-    plan_study(_load(cfg))
+    loaded = _load(cfg)
+    _keras_backend(loaded)  # plan builds every model
+    plan_study(loaded)
 
 
 def _report(cfg) -> None:

@@ -22,6 +22,7 @@ from sweeps.lifecycle import (  # noqa: F401  (re-exported: the names reports an
     VARIANT_PARAM,
     Interrupted,
     TrialLifecycle,
+    ablation_key,
 )
 from sweeps.space import signature
 from sweeps.storage import WORKER_ATTR, fail_dead_local_trials, replaced_numbers, worker_id
@@ -185,7 +186,7 @@ class Engine:
         for t in self.study.get_trials(deepcopy=False):
             if t.state == TrialState.FAIL and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)):
                 continue
-            existing.add(_ablation_key(t))
+            existing.add(ablation_key(t))
         return existing
 
     def _enqueue(self, keys: list[tuple[str, int]]) -> int:
@@ -447,13 +448,13 @@ class Engine:
         frozen = _frozen(trial)
         if "failed_trial" in frozen.system_attrs:
             return False
-        key = _ablation_key(frozen)
+        key = ablation_key(frozen)
         if key[0] is None:
             return False
         self._counts()  # refreshes which failed trials were already retried
         return any(
             t.number < trial.number
-            and _ablation_key(t) == key
+            and ablation_key(t) == key
             and not (t.state.name == "FAIL" and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)))
             for t in self.study.get_trials(deepcopy=False)
         )
@@ -494,13 +495,6 @@ class Engine:
 
 
 _SPURIOUS = "sweeps.spurious"  # a trial dropped unrun: surplus or a duplicate
-
-
-def _ablation_key(t: Any) -> tuple[Any, Any]:
-    """``(variant, repeat)`` of a frozen trial, from its params or, while queued, its fixed
-    params; ``(None, None)`` for a search trial."""
-    params = t.params if VARIANT_PARAM in t.params else t.system_attrs.get("fixed_params") or {}
-    return params.get(VARIANT_PARAM), params.get(REPEAT_PARAM)
 
 
 def _frozen(trial: Any) -> Any:

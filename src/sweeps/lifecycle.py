@@ -24,6 +24,13 @@ RUN_ID_ATTR = "mlflow_run_id"
 VARIANT_PARAM, REPEAT_PARAM = "ablation.variant", "ablation.repeat"
 
 
+def ablation_key(trial: Any) -> tuple[str | None, int | None]:
+    """``(variant, repeat)`` of an ablation trial, queued ones included; (None, None) otherwise."""
+    queued = trial.system_attrs.get("fixed_params") or {}  # a waiting trial has no params yet
+    params = trial.params if VARIANT_PARAM in trial.params else queued
+    return params.get(VARIANT_PARAM), params.get(REPEAT_PARAM)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; ``exit_code`` is what the process should exit with."""
 

@@ -69,7 +69,6 @@ class ConsoleProgress:
         self.done = 0
         self.best: float | None = None
         self.maximize = metric.endswith("acc")
-        self.epochs: int | None = None
         self.rows: dict[int, _Row] = {}
         self._t0 = time.monotonic()
         self._live: Live | None = None
@@ -162,7 +161,7 @@ class ConsoleProgress:
         bar.add_row(
             Text(self.study, style="bold"),
             ProgressBar(total=self.total or max(self.done, 1), completed=self.done, width=30),
-            Text(f"{self.done}/{self.total}" if self.total else str(self.done)),
+            Text(self._count()),
             Text(self._best_text()),
             Text(_clock(time.monotonic() - self._t0), style="dim"),
         )
@@ -236,13 +235,16 @@ class ConsoleProgress:
         color = _COLORS.get(row.state, "red")
         value = f" {self.metric}={row.value:.4f}" if row.value is not None else ""
         best = f" | best {self.best:.4f}" if self.best is not None else ""
-        count = f"{self.done}/{self.total}" if self.total else str(self.done)
+        count = self._count()
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items())
         note = f" ({row.note})" if row.note else ""
         return (
             f"[{color}]trial {row.number} {row.state}[/{color}]{value}{note} in "
             f"{row.seconds:.0f}s [{count}]{best}: {params}"
         )
+
+    def _count(self) -> str:
+        return f"{self.done}/{self.total}" if self.total else str(self.done)
 
     def _refresh(self) -> None:
         if self._live is not None:

@@ -20,10 +20,11 @@ from rich.console import Console
 
 from sweeps.config import RunConfig, parse_section
 from sweeps.errors import SweepsError, mask_url, one_line
-from sweeps.report_ablation import ablation_key, report_ablation
+from sweeps.lifecycle import ablation_key
+from sweeps.report_ablation import report_ablation
 from sweeps.report_files import table_console
 from sweeps.report_search import report_search
-from sweeps.verdict import AUTO_ATTR
+from sweeps.verdict import AUTO_ATTR, DEFAULT_MARGIN
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ReportOptions:
     """The ``report:`` section of the config (see conf/config.yaml)."""
 
     top_k: int = 10
-    margin: float = 0.01  # ablation: equivalence band, +/- this much accuracy
+    margin: float = DEFAULT_MARGIN  # ablation: equivalence band, +/- this much accuracy
     inspect: bool = False
     inspect_layers: list[str] | None = None
     filter_steps: int = 40
@@ -73,8 +74,11 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
             files += report_ablation(cfg, ablation, out, console, tracker, auto)
         if search:
             files += report_search(cfg, study, search, options.top_k, out, console)
-        if options.inspect:
+        if options.inspect:  # loads the checkpoints: the only part of a report that runs Keras
+            from sweeps.backend import select
             from sweeps.inspection import inspect_best
+
+            select(cfg.train.backend)
 
             files += [
                 (p, "report/inspect")

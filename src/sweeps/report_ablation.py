@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeps.config import RunConfig, Variant
-from sweeps.engine import REPEAT_PARAM, RUN_ID_ATTR, VARIANT_PARAM
+from sweeps.engine import RUN_ID_ATTR
+from sweeps.lifecycle import ablation_key
 from sweeps.report_files import number, pyplot, write_csv
 from sweeps.stats import NAN, mean_ci, mean_curve
 from sweeps.storage import replaced_numbers
@@ -117,13 +118,6 @@ class VariantRuns:
             return "not run"
         parts = [f"{n} {state.lower()}" for state, n in sorted(self.pending.items())]
         return ", ".join(parts) if parts else "done"
-
-
-def ablation_key(trial: Any) -> tuple[str | None, int | None]:
-    """``(variant, repeat)`` of an ablation trial, queued ones included; (None, None) otherwise."""
-    queued = trial.system_attrs.get("fixed_params") or {}  # a waiting trial has no params yet
-    params = trial.params if VARIANT_PARAM in trial.params else queued
-    return params.get(VARIANT_PARAM), params.get(REPEAT_PARAM)
 
 
 def variant_runs(trials: Sequence[Any], variants: Sequence[Variant]) -> list[VariantRuns]:

@@ -104,15 +104,12 @@ class Tracker:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.uri.startswith("sqlite:///"):
-                    # MLflow creates and migrates a new database in several transactions;
-                    # two processes doing it at once leave it half-migrated for good.
-                    with _sqlite_first_use(self.uri) as fresh:
-                        if fresh:
-                            _init_sqlite_store(self.uri, artifact_root)
-                        client = MlflowClient(tracking_uri=self.uri)
-                        client.search_experiments(max_results=1)
-                else:
+                # MLflow creates and migrates a new SQLite database in several transactions;
+                # two processes doing it at once leave it half-migrated for good.
+                sqlite = self.uri.startswith("sqlite:///")
+                with _sqlite_first_use(self.uri) if sqlite else contextlib.nullcontext() as fresh:
+                    if fresh:
+                        _init_sqlite_store(self.uri, artifact_root)
                     client = MlflowClient(tracking_uri=self.uri)
                     client.search_experiments(max_results=1)
                 return client

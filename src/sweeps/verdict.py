@@ -592,6 +592,7 @@ class AutoPlan:
 def held_repeats(trials: Sequence[Any]) -> tuple[dict[str, set[int]], set[str]]:
     """Per variant, the repeats the study holds in any state (not failed trials already
     retried, nor dropped duplicates); and the variants with a trial waiting or running."""
+    from sweeps.lifecycle import ablation_key
     from sweeps.storage import replaced_numbers
 
     retried = replaced_numbers(trials)
@@ -600,9 +601,7 @@ def held_repeats(trials: Sequence[Any]) -> tuple[dict[str, set[int]], set[str]]:
     for t in trials:
         if t.user_attrs.get("sweeps.spurious") or t.number in retried:
             continue
-        fixed = t.system_attrs.get("fixed_params") or {}
-        params = t.params if "ablation.variant" in t.params else fixed
-        name, repeat = params.get("ablation.variant"), params.get("ablation.repeat")
+        name, repeat = ablation_key(t)
         if name is None or repeat is None:
             continue
         held.setdefault(name, set()).add(int(repeat))
