@@ -232,14 +232,19 @@ def test_ablations_never_prune(store, monkeypatch):
 
 
 WORKER_SCRIPT = """
-import sys
+import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import compose
 from fakes import FakeTrainer
 from sweeps.runner import run_study
 cfg = compose("age_gap", *{overrides!r}, store=Path(sys.argv[1]))
-raise SystemExit(run_study(cfg, trainer=FakeTrainer(epoch_seconds=0.05)))
+# Start together, imports done: on a loaded machine one worker could otherwise run them all.
+barrier, n = Path(sys.argv[2]), int(sys.argv[3])
+(barrier / str(os.getpid())).touch()
+while len(list(barrier.iterdir())) < n:
+    time.sleep(0.05)
+raise SystemExit(run_study(cfg, trainer=FakeTrainer(epoch_seconds=0.2)))
 """
 
 
@@ -249,9 +254,11 @@ def test_workers_sharing_one_ablation_run_every_variant_and_repeat_once(store):
     open_tracker(compose("age_gap", *overrides, store=store)).close()  # the MLflow store exists
     script = WORKER_SCRIPT.format(tests=str(TESTS), overrides=overrides)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    barrier = store.parent / "started"
+    barrier.mkdir()
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(store)],
+            [sys.executable, "-c", script, str(store), str(barrier), "2"],
             env=env,
             text=True,
             stdout=subprocess.PIPE,
