@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -230,6 +231,64 @@ def test_interrupted_trial_fails_then_resumes(store):
     assert len(finished) == 3
     retry = next(t for t in finished if t.system_attrs.get("failed_trial") == 1)
     assert _runs(cfg)[retry.number]["tags"]["sweeps.retry_of_run"] == _runs(cfg)[1]["run_id"]
+
+
+@pytest.fixture
+def stop_signals():
+    """SIGINT handled as `sweeps run` handles it, for one test; put back afterwards."""
+    import signal
+
+    from sweeps import lifecycle
+
+    previous = signal.signal(signal.SIGINT, lifecycle.on_stop_signal)
+    yield lambda: os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signal.SIGINT, previous)
+    lifecycle._signal_codes.clear()
+
+
+def test_ctrl_c_a_library_turns_into_its_own_error_still_ends_the_trial_as_interrupted(
+    store, stop_signals
+):
+    # TensorFlow tracing a model turns a KeyboardInterrupt into a TypeError of its own.
+    class Converting(FakeTrainer):
+        def run(self, spec, report):
+            self.started.append(spec.number)
+            if spec.number == 1:
+                try:
+                    stop_signals()
+                except KeyboardInterrupt:
+                    raise TypeError("Failed to convert (None, 1024) to Tensor") from None
+            return super().run(spec, report)
+
+    cfg = compose("quickstart", "sweep.n_trials=4", "train.epochs=2", store=store)
+    trainer = Converting()
+    trainer.started = []
+    assert run_study(cfg, trainer=trainer) == 130
+    assert trainer.started == [0, 1]  # no trial started after the signal
+    study = _study(cfg)
+    t1 = study.trials[1]
+    assert t1.state == TrialState.FAIL and t1.user_attrs["sweeps.reason"] == "interrupted"
+    assert _runs(cfg)[1]["status"] == "KILLED"
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == t1.params
+
+
+def test_ctrl_c_a_library_drops_ends_the_trial_at_the_next_epoch(store, stop_signals):
+    class Dropping(FakeTrainer):
+        def run(self, spec, report):
+            if spec.number == 0:
+                with contextlib.suppress(KeyboardInterrupt):  # a GC callback, for one
+                    stop_signals()
+            return super().run(spec, report)
+
+    cfg = compose("quickstart", "sweep.n_trials=3", "train.epochs=5", store=store)
+    trainer = Dropping()
+    assert run_study(cfg, trainer=trainer) == 130
+    assert len(trainer.specs) == 1 and trainer.epochs_run == 1  # ended at the first report
+    study = _study(cfg)
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["sweeps.reason"] == "interrupted"
+    assert _count(study, TrialState.WAITING) == 1
 
 
 def _ghost_trial(cfg, pid: int | str):

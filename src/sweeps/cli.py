@@ -369,14 +369,12 @@ def _omegaconf_message(exc: Exception) -> str:
 
 
 def _install_signal_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C (the running trial ends as FAIL), exiting with 143."""
+    """SIGINT and SIGTERM end the running trial as FAIL (queued again), exiting 130 or 143."""
+    from sweeps.lifecycle import on_stop_signal
 
-    def on_term(signum: int, frame: object) -> None:
-        from sweeps.engine import Interrupted
-
-        raise Interrupted(143)
-
-    signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # nohup, a background job
+        signal.signal(signal.SIGINT, on_stop_signal)
+    signal.signal(signal.SIGTERM, on_stop_signal)
 
 
 def _study_name() -> str:

@@ -23,6 +23,7 @@ from sweeps.lifecycle import (  # noqa: F401  (re-exported: the names reports an
     Interrupted,
     TrialLifecycle,
     ablation_key,
+    raise_if_stopped,
 )
 from sweeps.space import signature
 from sweeps.storage import WORKER_ATTR, fail_dead_local_trials, replaced_numbers, worker_id
@@ -249,6 +250,7 @@ class Engine:
             self.progress.start(self._target(), self._counts()[0])
         try:
             while True:
+                raise_if_stopped()  # a signal a library swallowed: no further trial
                 done, running, waiting = self._counts()
                 timeout = self.cfg.sweep.timeout
                 if timeout is not None and time.monotonic() - started > timeout:

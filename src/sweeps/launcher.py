@@ -259,8 +259,8 @@ class Launcher:
         """Signals again a worker still inside its trial ``_RESIGNAL_S`` after the signal.
 
         Python raises KeyboardInterrupt where the main thread happens to be; inside a garbage
-        collector callback (JAX registers one) it is printed and dropped, and that worker
-        would train on. One that got it records its trial as FAIL within a second.
+        collector callback (JAX registers one) it is printed and dropped. The worker remembers
+        the signal and stops at its epoch's end, which on a long epoch is later than this.
         """
         if self.signal is None or time.monotonic() - self._signalled_at < _RESIGNAL_S:
             return

@@ -39,6 +39,32 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+_signal_codes: list[int] = []  # exit code of each SIGINT/SIGTERM this process received
+
+
+def on_stop_signal(signum: int, frame: object) -> None:
+    """Handler for SIGINT and SIGTERM: remembers the signal, then raises `Interrupted`.
+
+    The exception lands wherever Python happens to be, and a library may turn it into an
+    error of its own (TensorFlow does while it traces a model) or drop it (inside a garbage
+    collection callback); what is remembered lets the trial still end as interrupted.
+    """
+    _signal_codes.append(128 + signum)
+    raise Interrupted(128 + signum)
+
+
+def stop_requested() -> int | None:
+    """The exit code of the first SIGINT/SIGTERM received, or None."""
+    return _signal_codes[0] if _signal_codes else None
+
+
+def raise_if_stopped() -> None:
+    """Raises `Interrupted` when a stop signal has arrived, even one a library swallowed."""
+    code = stop_requested()
+    if code is not None:
+        raise Interrupted(code)
+
+
 class TrialLifecycle:
     """Runs trials the engine has asked for, and records how each one ends.
 
@@ -78,6 +104,7 @@ class TrialLifecycle:
         spec: TrialSpec | None = None
         reporter: _Reporter | None = None
         try:
+            raise_if_stopped()  # asked as the signal came: queued again, not started
             spec = self._spec(trial)
             handle = self._start_run(trial, spec)
             if self.progress:
@@ -97,15 +124,14 @@ class TrialLifecycle:
             history = reporter.history if reporter is not None else None
             self._end(trial, handle, "PRUNED", None, exc.note, spec, history=history)
             return "PRUNED"
-        except Interrupted as exc:
-            self._fail(trial, handle, "interrupted", run_status="KILLED")
-            self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
-            raise exc
-        except KeyboardInterrupt:
-            self._fail(trial, handle, "interrupted", run_status="KILLED")
-            self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
-            raise Interrupted(130) from None
+        except KeyboardInterrupt as exc:  # Interrupted too
+            self._interrupted(trial, handle)
+            raise Interrupted(getattr(exc, "exit_code", 130)) from None
         except Exception as exc:
+            code = stop_requested()
+            if code is not None:  # the signal, turned into a library's error
+                self._interrupted(trial, handle)
+                raise Interrupted(code) from None
             if _is_architecture_error(exc):
                 trial.set_user_attr("sweeps.reason", one_line(exc))
                 self.study.tell(trial, state=_state("PRUNED"))
@@ -242,6 +268,11 @@ class TrialLifecycle:
         if run_id and trial.user_attrs.get(RUN_ID_ATTR) != run_id:
             trial.set_user_attr(RUN_ID_ATTR, run_id)
 
+    def _interrupted(self, trial: Any, handle: str | None) -> None:
+        """Ends an interrupted trial as FAIL and queues it again with its parameters."""
+        self._fail(trial, handle, "interrupted", run_status="KILLED")
+        self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
+
     def _fail(
         self, trial: Any, handle: str | None, reason: str, run_status: str = "FAILED"
     ) -> None:
@@ -272,6 +303,7 @@ class _Reporter:
         self.history: list[dict[str, float]] = []  # what a pruned trial's curves are drawn from
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        raise_if_stopped()  # a signal a library dropped ends the trial at the epoch's end
         self.history.append(dict(metrics))
         self.life.tracker.log_metrics(self.handle, metrics, step=epoch)
         progress = self.life.progress
