@@ -301,9 +301,10 @@ def test_signal_mid_trial_fails_it_and_rerun_resumes(tmp_path, sig, code):
     store = tmp_path / "sweeps-store"
     _wait_for_running_trial(store, proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "Traceback" not in err
+    assert "this run 1 interrupted" in out + err and "interrupted: rerun" in out + err
     trials = _trials(store)
     assert not any(t.state == TrialState.RUNNING for t in trials)
     killed = trials[0]

@@ -259,7 +259,11 @@ class Engine:
                 if self._has_work(done, running, waiting):
                     if self.trainer is None:  # another worker enqueued after has_work()
                         break
-                    state = self.run_one()
+                    try:
+                        state = self.run_one()
+                    except Interrupted:  # its trial ended as FAIL (interrupted), queued again
+                        summary.ran["INTERRUPTED"] = summary.ran.get("INTERRUPTED", 0) + 1
+                        raise
                     if state != "SURPLUS":
                         summary.ran[state] = summary.ran.get(state, 0) + 1
                 elif running:
