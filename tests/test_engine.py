@@ -243,7 +243,7 @@ def stop_signals():
     previous = signal.signal(signal.SIGINT, lifecycle.on_stop_signal)
     yield lambda: os.kill(os.getpid(), signal.SIGINT)
     signal.signal(signal.SIGINT, previous)
-    lifecycle._signal_codes.clear()
+    lifecycle._stop_code = None
 
 
 def test_ctrl_c_a_library_turns_into_its_own_error_still_ends_the_trial_as_interrupted(

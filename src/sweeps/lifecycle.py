@@ -39,7 +39,7 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
-_signal_codes: list[int] = []  # exit code of each SIGINT/SIGTERM this process received
+_stop_code: int | None = None  # exit code of the first SIGINT/SIGTERM this process received
 
 
 def on_stop_signal(signum: int, frame: object) -> None:
@@ -49,13 +49,14 @@ def on_stop_signal(signum: int, frame: object) -> None:
     error of its own (TensorFlow does while it traces a model) or drop it (inside a garbage
     collection callback); what is remembered lets the trial still end as interrupted.
     """
-    _signal_codes.append(128 + signum)
+    global _stop_code
+    _stop_code = _stop_code or 128 + signum
     raise Interrupted(128 + signum)
 
 
 def stop_requested() -> int | None:
     """The exit code of the first SIGINT/SIGTERM received, or None."""
-    return _signal_codes[0] if _signal_codes else None
+    return _stop_code
 
 
 def raise_if_stopped() -> None:
