@@ -22,7 +22,7 @@ from scipy import stats
 from sweeps.report import report_study
 from sweeps.report_search import importances
 from sweeps.runner import run_study
-from sweeps.stats import mean_ci, mean_curve, variant_stats, welch_p
+from sweeps.stats.summary import mean_ci, mean_curve, variant_stats, welch_p
 
 # Best val_acc of each (variant, repeat); the fake trainer reports test_acc = val_acc - 0.01
 # and test_loss = 1 - val_acc.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps.lifecycle import REPEAT_PARAM, VARIANT_PARAM
-from sweeps.stats import mean_ci
+from sweeps.stats.summary import mean_ci
 
 TEST_METRICS = ("test_acc", "test_loss", "test_macro_f1")
 

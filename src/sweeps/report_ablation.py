@@ -27,7 +27,7 @@ from sweeps.config import RunConfig, Variant
 from sweeps.engine import RUN_ID_ATTR
 from sweeps.lifecycle import ablation_key
 from sweeps.report_files import number, pyplot, write_csv
-from sweeps.stats import NAN, mean_ci, mean_curve
+from sweeps.stats.summary import NAN, mean_ci, mean_curve
 from sweeps.storage import replaced_numbers
 from sweeps.verdict import (
     ALPHA,

@@ -16,7 +16,7 @@ from sweeps.config import RunConfig
 from sweeps.errors import one_line
 from sweeps.report_ablation import METRICS
 from sweeps.report_files import number, pyplot, write_csv
-from sweeps.stats import NAN
+from sweeps.stats.summary import NAN
 
 
 def report_search(
