@@ -28,15 +28,10 @@ from rich.console import Console
 
 from sweeps.report import report_study
 from sweeps.runner import run_study
+from sweeps.stats.paired import TStats, decide, paired_stats
+from sweeps.stats.sequential import sequential_levels
 from sweeps.storage import open_storage
-from sweeps.verdict import (
-    AUTO_ATTR,
-    TStats,
-    decide,
-    paired_stats,
-    sequential_levels,
-    verdicts_for_study,
-)
+from sweeps.verdict import AUTO_ATTR, verdicts_for_study
 
 MIN, MAX = 3, 10
 

@@ -12,7 +12,7 @@ from conftest import compose
 from scipy import stats
 
 from sweeps.errors import ConfigError
-from sweeps.verdict import (
+from sweeps.stats.paired import (
     BETTER,
     CONFIRMED,
     CONTRADICTED,
@@ -22,21 +22,19 @@ from sweeps.verdict import (
     WORSE,
     bootstrap_interval,
     claim,
-    compare_study,
     decide,
     holm,
     holm_factor,
-    level_function,
-    obf_spending,
     p_better,
     p_two_sided,
     paired_stats,
     repeats_needed,
-    sequential_levels,
     t_interval,
     tost_p,
     welch_stats,
 )
+from sweeps.stats.sequential import obf_spending, sequential_levels
+from sweeps.verdict import compare_study, level_function
 
 VARIANT, BASE = [0.85, 0.84, 0.89], [0.79, 0.81, 0.83]  # per-seed differences 0.06, 0.03, 0.06
 
