@@ -162,7 +162,7 @@ def _conf_with_study(conf: Path, work: Workload) -> Path:
 
     import yaml
 
-    from sweeps.cli import conf_dir
+    from sweeps.catalogue import conf_dir
 
     shutil.copytree(conf_dir(), conf, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     study = yaml.safe_load((conf / "study" / f"{SOURCE_STUDY}.yaml").read_text())
@@ -245,7 +245,7 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
     import optuna
 
     from benchmarks.common import epochs_trained
-    from sweeps import verdict
+    from sweeps import keys, verdict
     from sweeps.storage import open_storage
 
     cfg = _compose(conf, *overrides)
@@ -253,7 +253,7 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
     study = optuna.load_study(study_name=cfg.sweep.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    decided = verdict.decided_verdicts(study.user_attrs.get(verdict.AUTO_ATTR))
+    decided = verdict.decided_verdicts(study.user_attrs.get(keys.AUTO_ATTR))
     found = verdict.verdicts_for_study(cfg, trials, decided=decided)
     names = [v.name for v in cfg.variants]
     values = verdict.finished_values(trials, verdict.DECISION_METRIC, names)
@@ -269,7 +269,7 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
         "repeats_per_row": {name: len(values.get(name, {})) for name in names},
         "verdicts": {name: v.verdict for name, v in found.items()},
         "diffs": {name: [v.diff, v.low, v.high] for name, v in found.items()},
-        "auto_record": copy.deepcopy(study.user_attrs.get(verdict.AUTO_ATTR)),
+        "auto_record": copy.deepcopy(study.user_attrs.get(keys.AUTO_ATTR)),
     }
 
 

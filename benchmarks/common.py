@@ -111,7 +111,7 @@ def compose(study: str, *overrides: str, space: Mapping[str, Any] | None = None)
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sweeps.cli import conf_dir
+    from sweeps.catalogue import conf_dir
     from sweeps.config import load
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

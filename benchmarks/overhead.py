@@ -96,7 +96,7 @@ def run(quick: bool, repeats: int | None = None) -> Result:
 
 def _warm_cache(overrides: list[str], root: Path) -> None:
     """Decodes the folder once into the shared cache, so no way pays for decoding."""
-    from sweeps.runner import load_data
+    from sweeps.services import load_data
 
     load_data(compose(STUDY, *overrides, f"store_dir={root / 'warm'}", space=SPACE))
 
@@ -170,7 +170,7 @@ def child(way: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def _bare(cfg: Any) -> dict[str, Any]:
-    from sweeps.runner import load_data
+    from sweeps.services import load_data
 
     call = _Clock()
     data = load_data(cfg)
@@ -281,7 +281,7 @@ def _autolog(cfg: Any) -> dict[str, Any]:
     import mlflow
     import optuna
 
-    from sweeps.runner import load_data
+    from sweeps.services import load_data
 
     data = load_data(cfg)
     store = cfg.store_dir.resolve()

@@ -86,7 +86,7 @@ def run(quick: bool, repeats: int | None = None) -> Result:
 
 def _age_gap(extra: list[str], per_class: dict[str, int], root: Path) -> list[str]:
     """The age_gap overrides for a generated folder whose decoded cache is warmed once."""
-    from sweeps.runner import load_data
+    from sweeps.services import load_data
 
     folder = image_folder(root / "images", per_class, 100)
     overrides = [f"data.root={folder}", f"data.cache_dir={root / 'cache'}", *extra]

@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from sweeps.cli import conf_dir  # noqa: E402
+from sweeps.catalogue import conf_dir  # noqa: E402
 from sweeps.config import RunConfig, load  # noqa: E402
 
 

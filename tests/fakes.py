@@ -119,8 +119,8 @@ def ghost_trial(study, cfg, worker: str):
     gone: what a worker killed mid-trial leaves behind. Returns the trial and its run id."""
     import optuna
 
-    from sweeps.runner import open_tracker
-    from sweeps.storage import WORKER_ATTR
+    from sweeps.keys import WORKER_ATTR
+    from sweeps.services import open_tracker
 
     ghost = study.ask({"model.kernel_size": optuna.distributions.CategoricalDistribution([3, 5])})
     ghost.set_user_attr(WORKER_ATTR, worker)

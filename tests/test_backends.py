@@ -299,7 +299,7 @@ def _test_batches(data):
 
 
 def _runs(store: Path, study: str, name: str) -> list[dict]:
-    from sweeps.runner import open_tracker
+    from sweeps.services import open_tracker
 
     tracker = open_tracker(compose(study, f"sweep.name={name}", "data.root=/x", store=store))
     try:
@@ -365,7 +365,7 @@ from pathlib import Path
 import numpy as np
 from sweeps import backend
 backend.select()
-from sweeps.inspection import activation_grids, filter_patterns, pattern_layers
+from sweeps.models.inspect import activation_grids, filter_patterns, pattern_layers
 from sweeps.models import create_model
 model = create_model("cnn", input_shape=(16, 16, 1), num_classes=10, filters=[4, 8])
 patterns = filter_patterns(model, pattern_layers(model)[0], filters=3, steps=4, size=16)

@@ -73,7 +73,7 @@ def _base_config() -> dict:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sweeps.cli import conf_dir
+    from sweeps.catalogue import conf_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name="config")
@@ -121,7 +121,7 @@ def test_passwords_are_masked_in_the_trial_config_artifact(tmp_path, postgres):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert password not in proc.stdout + proc.stderr
     cfg = compose("quickstart", f"storage.url={url}", store=tmp_path / "sweeps-store")
-    from sweeps.runner import open_tracker
+    from sweeps.services import open_tracker
 
     tracker = open_tracker(cfg)
     try:

@@ -11,7 +11,7 @@ from conftest import compose
 from imagegen import make_image_folder
 from optuna.trial import TrialState
 
-from sweeps.runner import open_tracker
+from sweeps.services import open_tracker
 from sweeps.storage import open_storage
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ from fakes import FakeTrainer, default_curve, ghost_trial, spy_on_engine_study, 
 from optuna.trial import TrialState
 
 from sweeps.errors import StudyMismatch
-from sweeps.runner import open_tracker, run_study
+from sweeps.runner import run_study
+from sweeps.services import open_tracker
 from sweeps.storage import open_storage
 
 
@@ -238,12 +239,12 @@ def stop_signals():
     """SIGINT handled as `sweeps run` handles it, for one test; put back afterwards."""
     import signal
 
-    from sweeps import lifecycle
+    from sweeps import signals
 
-    previous = signal.signal(signal.SIGINT, lifecycle.on_stop_signal)
+    previous = signal.signal(signal.SIGINT, signals.on_stop_signal)
     yield lambda: os.kill(os.getpid(), signal.SIGINT)
     signal.signal(signal.SIGINT, previous)
-    lifecycle._stop_code = None
+    signals._stop_code = None
 
 
 def test_ctrl_c_a_library_turns_into_its_own_error_still_ends_the_trial_as_interrupted(
@@ -348,7 +349,7 @@ def test_a_trial_beyond_n_trials_from_a_racing_worker_is_surplus(store):
         assert engine.run_one() == "SURPLUS"
         late = study.trials[-1]
         assert late.state == TrialState.FAIL and late.user_attrs["sweeps.spurious"]
-        assert engine._counts()[0] == 2  # it does not count towards sweep.n_trials
+        assert engine.ledger.counts()[0] == 2  # it does not count towards sweep.n_trials
     finally:
         tracker.close()
 

@@ -16,7 +16,8 @@ from fakes import FakeTrainer
 from imagegen import make_image_folder
 from optuna.trial import TrialState
 
-from sweeps.runner import open_tracker, run_study
+from sweeps.runner import run_study
+from sweeps.services import open_tracker
 from sweeps.storage import open_storage
 
 TINY = ("train.epochs=1", "sweep.n_trials=1", "train.verbose=0")

@@ -17,7 +17,7 @@ from sweeps.models import ArchitectureError
 from sweeps.config import apply_overrides
 from sweeps.errors import TrialFailed
 from sweeps.isolated import SubprocessTrainer
-from sweeps.runner import load_data
+from sweeps.services import load_data
 from sweeps.trial import TrialSpec, make_spec
 
 pytestmark = pytest.mark.slow

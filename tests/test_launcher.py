@@ -19,14 +19,8 @@ import pytest
 from conftest import compose
 
 from sweeps.errors import ConfigError
-from sweeps.launcher import (
-    LAUNCHED_ENV,
-    PARALLEL_ENV,
-    child_overrides,
-    launch_workers,
-    plan_workers,
-    visible_gpus,
-)
+from sweeps.host import LAUNCHED_ENV, PARALLEL_ENV, visible_gpus
+from sweeps.launcher import child_overrides, launch_workers, plan_workers
 from sweeps.storage import make_sampler
 
 FAKE_SMI = """#!/bin/sh

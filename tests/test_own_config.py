@@ -99,7 +99,7 @@ def test_search_path_puts_the_users_folder_before_the_package(
 ) -> None:
     from hydra import compose, initialize_config_dir
 
-    from sweeps.cli import _config_path
+    from sweeps.catalogue import config_path as _config_path
 
     project(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -186,7 +186,7 @@ def compose_user(study: str, *overrides: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sweeps.cli import _config_path
+    from sweeps.catalogue import config_path as _config_path
     from sweeps.config import load
 
     with initialize_config_dir(config_dir=str(_config_path()), version_base="1.3"):

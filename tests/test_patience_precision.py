@@ -13,7 +13,7 @@ from cli_helpers import error_line, run_cli
 from conftest import compose
 from fakes import FakeTrainer
 
-from sweeps import precision
+from sweeps import host, precision
 from sweeps.errors import ConfigError
 from sweeps.runner import run_study
 from sweeps.storage import open_storage
@@ -118,34 +118,48 @@ def test_an_explicit_precision_is_kept():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\n")
-    assert precision.host_cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
-    assert precision.host_cpu_flags(tmp_path / "missing") == frozenset()
+    assert host.cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert host.cpu_flags(tmp_path / "missing") == frozenset()
 
 
-def _fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> None:
+def _fake_nvidia_smi(folder: Path, caps: list[str], code: int = 0) -> None:
+    """An ``nvidia-smi`` answering ``-L`` and ``--query-gpu=index,uuid,compute_cap`` as the
+    real one does, for one card per entry of ``caps``; ``code`` != 0: a driver not loaded."""
+    listing = "".join(f"GPU {i}: NVIDIA Card (UUID: GPU-{i}-fake)\\n" for i in range(len(caps)))
+    query = "".join(f"{i}, GPU-{i}-fake, {cap}\\n" for i, cap in enumerate(caps))
     tool = folder / "nvidia-smi"
-    tool.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {code}\n")
+    tool.write_text(
+        "#!/bin/sh\n"
+        f"[ {code} -eq 0 ] || exit {code}\n"
+        f"if [ \"$1\" = \"-L\" ]; then printf '{listing}'; else printf '{query}'; fi\n"
+    )
     tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
 
 
 def test_gpu_capability_comes_from_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    _fake_nvidia_smi(tmp_path, "7.5\\n9.0\\n")
-    assert precision.host_gpu_capability() == 9.0
+    _fake_nvidia_smi(tmp_path, ["7.5", "9.0"])
+    assert host.gpu_capability() == 9.0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # hidden from this process
-    assert precision.host_gpu_capability() is None
+    assert host.gpu_capability() is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1,1")  # CUDA stops at the first invalid entry
+    assert host.gpu_capability() is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # only the cards this worker may use count
+    assert host.gpu_capability() == 7.5
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1-fake")
+    assert host.gpu_capability() == 9.0
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    _fake_nvidia_smi(tmp_path, "[N/A]\\n")
-    assert precision.host_gpu_capability() is None
-    _fake_nvidia_smi(tmp_path, "", code=9)  # driver not loaded
-    assert precision.host_gpu_capability() is None
+    _fake_nvidia_smi(tmp_path, ["[N/A]"])
+    assert host.gpu_capability() is None
+    _fake_nvidia_smi(tmp_path, ["8.0"], code=9)  # driver not loaded
+    assert host.gpu_capability() is None
 
 
 def test_auto_on_a_host_with_a_volta_gpu_picks_float16(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    _fake_nvidia_smi(tmp_path, "7.0\\n")
+    _fake_nvidia_smi(tmp_path, ["7.0"])
     precision.describe.cache_clear()
     try:
         resolved, line = precision.describe("auto")

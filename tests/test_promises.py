@@ -23,8 +23,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from sweeps.errors import ConfigError
-from sweeps.runner import open_tracker, run_study
-from sweeps.storage import WORKER_ATTR, open_storage
+from sweeps.keys import WORKER_ATTR
+from sweeps.runner import run_study
+from sweeps.services import open_tracker
+from sweeps.storage import open_storage
 
 TESTS = Path(__file__).resolve().parent
 
@@ -168,9 +170,9 @@ def test_a_trial_retried_twice_still_leaves_the_study_its_full_count(store):
 
 def _sampled(monkeypatch, store: Path, worker: str, name: str, *overrides: str) -> list[dict]:
     """The parameters a worker called ``worker`` samples for a fresh study ``name``."""
-    import sweeps.storage
+    import sweeps.host
 
-    monkeypatch.setattr(sweeps.storage, "worker_id", lambda: worker)
+    monkeypatch.setattr(sweeps.host, "worker_id", lambda: worker)
     cfg = compose(
         "quickstart",
         f"sweep.name={name}",

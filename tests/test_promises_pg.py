@@ -13,7 +13,8 @@ from conftest import compose
 from fakes import FakeTrainer, ghost_trial
 from optuna.trial import TrialState
 
-from sweeps.runner import open_tracker, run_study
+from sweeps.runner import run_study
+from sweeps.services import open_tracker
 from sweeps.storage import open_storage
 
 pytest_plugins = ["pg"]  # the `postgres` fixture: a throwaway PostgreSQL cluster

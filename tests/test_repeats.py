@@ -26,12 +26,13 @@ from conftest import compose
 from fakes import FakeTrainer
 from rich.console import Console
 
+from sweeps.keys import AUTO_ATTR
 from sweeps.report import report_study
 from sweeps.runner import run_study
 from sweeps.stats.paired import TStats, decide, paired_stats
 from sweeps.stats.sequential import sequential_levels
 from sweeps.storage import open_storage
-from sweeps.verdict import AUTO_ATTR, verdicts_for_study
+from sweeps.verdict import verdicts_for_study
 
 MIN, MAX = 3, 10
 
@@ -197,7 +198,7 @@ def test_enqueueing_a_round_twice_adds_nothing_and_a_raced_duplicate_is_dropped(
     store: Path,
 ) -> None:
     from sweeps.engine import Engine
-    from sweeps.runner import open_tracker
+    from sweeps.services import open_tracker
 
     cfg = auto(store, "sweep.max_repeats=4")
     assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, 0.03))) == 0
@@ -214,7 +215,7 @@ def test_enqueueing_a_round_twice_adds_nothing_and_a_raced_duplicate_is_dropped(
             sampler=optuna.samplers.RandomSampler(),
             pruner=optuna.pruners.NopPruner(),
         )
-        assert engine.enqueue_ablation() == 0 and engine._auto_round() == 0
+        assert engine.ablation.enqueue_first_round() == 0 and engine.ablation.next_round() == 0
         assert engine.run_one() == "SURPLUS"
     finally:
         tracker.close()
@@ -247,7 +248,7 @@ def test_two_workers_share_the_rounds(store: Path, tmp_path: Path) -> None:
     tests = str(Path(__file__).parent)
     script.write_text(textwrap.dedent(WORKER.format(tests=tests, store=str(store))))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    from sweeps.runner import open_tracker
+    from sweeps.services import open_tracker
 
     # Two processes creating a fresh MLflow SQLite schema at once race in its migrations:
     # the store exists before the workers start, as it does for any study resumed.

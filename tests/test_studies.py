@@ -17,7 +17,7 @@ from imagegen import make_image_folder
 from rich.console import Console
 from sweeps.data import fashion_mnist
 
-from sweeps.cli import study_names
+from sweeps.catalogue import study_names
 from sweeps.config import RunConfig, load
 from sweeps.plan import plan_rows
 from sweeps.report import report_study

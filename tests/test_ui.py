@@ -25,7 +25,8 @@ from rich.console import Console
 from sweeps.progress import ConsoleProgress
 from sweeps.report_files import PIPED_WIDTH, table_console
 from sweeps.report_search import report_search
-from sweeps.runner import open_tracker, run_study
+from sweeps.runner import run_study
+from sweeps.services import open_tracker
 from sweeps.storage import open_storage
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.backend import BACKENDS
+from sweeps.data import DataError, dataset_names, resolve_loader
 from sweeps.errors import ConfigError
+from sweeps.models import ModelConfigError, check_arguments, model_names, names, resolve_builder
 from sweeps.precision import PRECISIONS
 from sweeps.space import Param, parse_space
 
@@ -120,6 +122,22 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What ``report`` computes and draws (see conf/config.yaml)."""
+
+    top_k: int = 10
+    # Ablation: half-width of the equivalence band, in accuracy (0.01 = 1 point).
+    margin: float = 0.01
+    inspect: bool = False
+    inspect_layers: list[str] | None = None
+    filter_steps: int = 40
+    filters_per_layer: int = 8
+    pattern_size: int = 64
+    maps_per_layer: int = 16
+    examples: int = 25
+
+
+@dataclass(frozen=True)
 class Variant:
     """One row of an ablation: a name, its overrides and the document's numbers."""
 
@@ -143,6 +161,7 @@ class RunConfig:
     seed: int
     store_dir: Path
     study: str
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -210,9 +229,20 @@ def load(raw: Mapping[str, Any], study: str = "") -> RunConfig:
         seed=int(raw.get("seed", 0)),
         store_dir=Path(str(raw.get("store_dir", "sweeps-store"))),
         study=study or sweep.name,
+        report=_report(raw.get("report")),
     )
     validate(cfg)
     return cfg
+
+
+def _report(raw: Mapping[str, Any] | None) -> ReportConfig:
+    report = parse_section(ReportConfig, raw, "report")
+    margin = report.margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise ConfigError(
+            f"report.margin={margin!r}: must be a number > 0 and < 1 (accuracy, 0.01 = 1 point)"
+        )
+    return dataclasses.replace(report, margin=float(margin))
 
 
 def _check_renamed(train: dict[str, Any]) -> None:
@@ -278,8 +308,6 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
 
 
 def _names(key: str) -> tuple[str, ...]:
-    from sweeps.models import names
-
     table = {
         "model.activation": names.ACTIVATIONS,
         "model.pooling": names.POOLINGS,
@@ -406,16 +434,13 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _check_repeats(cfg: RunConfig) -> None:
-    """repeats=auto needs 2 <= min_repeats <= max_repeats; report.margin is an accuracy."""
-    from sweeps.verdict import margin_of
-
+    """repeats=auto needs 2 <= min_repeats <= max_repeats."""
     sweep = cfg.sweep
     if sweep.auto_repeats and not 2 <= sweep.min_repeats <= sweep.max_repeats:
         raise ConfigError(
             f"sweep.min_repeats={sweep.min_repeats}, sweep.max_repeats={sweep.max_repeats}: "
             "sweep.repeats=auto needs 2 <= min_repeats <= max_repeats (a t test needs 2 runs)"
         )
-    margin_of(cfg)
 
 
 def own_builder(model: Mapping[str, Any]) -> str | None:
@@ -434,8 +459,6 @@ MODEL_OWN_KEYS = ("name", "builder", "input_size")
 
 
 def _check_registries(cfg: RunConfig) -> None:
-    from sweeps.models import ModelConfigError, check_arguments
-
     models = [cfg.model] + [apply_overrides(cfg.raw, v.overrides)["model"] for v in cfg.variants]
     space_keys = [p.name.removeprefix("model.") for p in cfg.space if p.name.startswith("model.")]
     for i, model in enumerate(models):
@@ -464,9 +487,6 @@ def check_own_code(cfg: RunConfig) -> None:
         ConfigError: one line, when a module does not import, a name is not a function, or
             the builder does not take a model key.
     """
-    from sweeps.data import DataError, resolve_loader
-    from sweeps.models import ModelConfigError, check_arguments, resolve_builder
-
     models = [cfg.model] + [apply_overrides(cfg.raw, v.overrides)["model"] for v in cfg.variants]
     space_keys = [p.name.removeprefix("model.") for p in cfg.space if p.name.startswith("model.")]
     for i, model in enumerate(models):
@@ -495,8 +515,6 @@ def check_own_code(cfg: RunConfig) -> None:
 
 def _check_model_name(model: Mapping[str, Any]) -> str:
     """Checks ``model.name`` against the registry, or imports ``model.builder``."""
-    from sweeps.models import ModelConfigError, model_names, resolve_builder
-
     builder, name = own_builder(model), model.get("name")
     if builder is None:
         if name not in model_names():
@@ -520,8 +538,6 @@ def _check_model_name(model: Mapping[str, Any]) -> str:
 
 def _check_data_name(data: Mapping[str, Any]) -> None:
     """Checks ``data.name`` against the registry, or imports ``data.loader``."""
-    from sweeps.data import DataError, dataset_names, resolve_loader
-
     loader = data.get("loader")
     if loader is None:
         if data.get("name") not in dataset_names():

@@ -1,8 +1,10 @@
 """The study loop: Optuna asks, a trainer trains, Optuna is told, MLflow is written.
 
 The loop is ours (ask/tell), not ``study.optimize``: it decides how many trials this worker
-starts, enqueues ablations, recovers trials of dead workers and waits for the other workers'
-trials at the end. One trial's life, from spec to end state, is in :mod:`sweeps.lifecycle`.
+starts and waits for the other workers' trials at the end. The parts it is built from: the
+study's counts (:mod:`sweeps.ledger`), the ablation's queue and repeat rounds
+(:mod:`sweeps.ablation`), dead workers' trials (:mod:`sweeps.recovery`) and one trial's life
+from spec to end state (:mod:`sweeps.lifecycle`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sweeps import host
+from sweeps.ablation import AblationQueue
 from sweeps.config import RunConfig
-from sweeps.errors import StudyMismatch, one_line
-from sweeps.lifecycle import (  # noqa: F401  (re-exported: the names reports and the CLI use)
-    REPEAT_PARAM,
-    RUN_ID_ATTR,
-    VARIANT_PARAM,
-    Interrupted,
-    TrialLifecycle,
-    ablation_key,
-    raise_if_stopped,
-)
+from sweeps.errors import StudyMismatch
+from sweeps.keys import PARENT_RUN_ATTR, SPURIOUS_ATTR, WORKER_ATTR, frozen, state
+from sweeps.ledger import Ledger
+from sweeps.lifecycle import TrialLifecycle
+from sweeps.parent import write_summary
+from sweeps.recovery import Recovery
+from sweeps.signals import Interrupted, raise_if_stopped
 from sweeps.space import signature
-from sweeps.storage import WORKER_ATTR, fail_dead_local_trials, replaced_numbers, worker_id
+from sweeps.tracking import FINISHED, KILLED
 from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.engine")
@@ -112,15 +113,17 @@ class Engine:
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # marked experimental
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=cfg.storage.max_retries
             )
-        self._retried_numbers: set[int] = set()
+        self.ledger = Ledger(self.study, ablation=cfg.sweep.mode == "ablation")
+        self.ablation = AblationQueue(cfg, self.study, self.ledger)
+        self.recovery = Recovery(tracker, retry)
         self._waiting_said = False
-        self._check_signature()
+        check_identity(self.study, cfg)
         self.parent_run = tracker.parent_run(cfg.sweep.name, self._common_tags())
-        if self.study.user_attrs.get("mlflow_parent_run_id") != self.parent_run:
-            self.study.set_user_attr("mlflow_parent_run_id", self.parent_run)
+        if self.study.user_attrs.get(PARENT_RUN_ATTR) != self.parent_run:
+            self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run)
         self.trials = TrialLifecycle(
             cfg,
             study=self.study,
@@ -129,38 +132,13 @@ class Engine:
             progress=progress,
             parent_run=self.parent_run,
             tags=self._common_tags(),
-            retry=self._retry,
+            retry=retry,
             work_dir=cfg.store_dir / "work" / cfg.sweep.name,
         )
 
-    # -- study identity -----------------------------------------------------------------------
-
-    def _signature(self) -> str:
-        if self.cfg.sweep.mode == "ablation":
-            rows = [[v.name, v.overrides] for v in self.cfg.variants]
-            return f"ablation:{rows!r}"
-        return f"search:{signature(self.cfg.space)}"
-
-    def _check_signature(self) -> None:
-        key = f"space_signature_{self.cfg.sweep.mode}"
-        mine, stored = self._signature(), self.study.user_attrs.get(key)
-        if stored is None or self.cfg.sweep.allow_space_change:
-            if stored != mine:
-                self.study.set_user_attr(key, mine)
-            return
-        if stored != mine:
-            raise StudyMismatch(
-                f"study '{self.cfg.sweep.name}' already exists with a different "
-                f"{'ablation' if self.cfg.sweep.mode == 'ablation' else 'search space'}; "
-                "choose another sweep.name=..., or resume it anyway with "
-                "sweep.allow_space_change=true"
-            )
-
     def _common_tags(self) -> dict[str, str]:
-        from sweeps.launcher import placement_tags
-
         tags = {"sweeps.study": self.cfg.sweep.name, "sweeps.mode": self.cfg.sweep.mode}
-        tags.update(placement_tags())  # sweeps.host, sweeps.device
+        tags.update(host.placement_tags())  # sweeps.host, sweeps.device
         if self.git_commit:
             tags["sweeps.git_commit"] = self.git_commit
         for key, value in self.data_info.items():
@@ -168,90 +146,21 @@ class Engine:
         tags.update(self.extra_tags)
         return tags
 
-    # -- ablation ------------------------------------------------------------------------------
-
-    def enqueue_ablation(self) -> int:
-        """Enqueues every variant x first-round repeat not already in the study; returns how
-        many. With ``sweep.repeats=auto`` later rounds are enqueued by :meth:`_auto_round`."""
-        first = self.cfg.sweep.first_repeats
-        keys = [(v.name, r) for r in range(first) for v in self.cfg.variants]
-        return self._enqueue(keys)
-
-    def _ablation_keys(self) -> set[tuple[Any, Any]]:
-        """``(variant, repeat)`` of every ablation trial in the study, queued ones included,
-        but not failed trials already retried (their retry holds the key)."""
-        from optuna.trial import TrialState
-
-        self._counts()  # refreshes which failed trials were already retried
-        existing = set()
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.FAIL and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)):
-                continue
-            existing.add(ablation_key(t))
-        return existing
-
-    def _enqueue(self, keys: list[tuple[str, int]]) -> int:
-        """Enqueues the ablation trials of ``keys`` the study does not hold yet.
-
-        Keyed by (variant, repeat), so every worker may call it; two workers enqueuing the
-        same key at the same instant leave a duplicate, which :meth:`_duplicate` drops.
-        """
-        existing = self._ablation_keys()
-        added = 0
-        for name, repeat in keys:
-            if (name, repeat) in existing:
-                continue
-            self.study.enqueue_trial(
-                {VARIANT_PARAM: name, REPEAT_PARAM: repeat}, skip_if_exists=True
-            )
-            existing.add((name, repeat))
-            added += 1
-        return added
-
-    def _auto_round(self) -> int:
-        """repeats=auto, once a round has finished: one more repeat for every variant still
-        undecided on the decision metric (and for the baseline), until ``max_repeats``.
-
-        The verdicts are computed from the trials alone, so any worker, after any restart,
-        finds the same next round; what each variant got and why it stopped is recorded in
-        the study's user attribute ``sweeps.auto_repeats``. Returns the trials enqueued.
-        """
-        from sweeps.verdict import AUTO_ATTR, auto_plan
-
-        trials = self.study.get_trials(deepcopy=False)
-        record = self.study.user_attrs.get(AUTO_ATTR)
-        plan = auto_plan(self.cfg, trials, record)
-        if plan.record != record:
-            self.study.set_user_attr(AUTO_ATTR, plan.record)
-        added = self._enqueue(plan.enqueue)
-        if added:
-            log.info("repeats=auto: %d more trials for %s", added, ", ".join(plan.open))
-        return added
-
-    def _replaced(self, t: Any) -> bool:
-        return t.number in self._retried_numbers
-
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> Summary:
         """Runs trials until the study has what it needs, the timeout passes or a signal."""
-        from optuna.trial import TrialState
-
         summary = Summary(study=self.cfg.sweep.name)
-        self._recover_dead()
-        if self.cfg.sweep.mode == "ablation":
-            added = self.enqueue_ablation()
-            if added:
-                log.info("enqueued %d ablation trials", added)
-        if self.trainer is not None and self._has_work(*self._counts()):
+        self._prepare()
+        if self.trainer is not None and self._has_work(*self.ledger.counts()):
             self.tracker.reopen_run(self.parent_run)  # a finished study given more trials
         started = time.monotonic()
         if self.progress:
-            self.progress.start(self._target(), self._counts()[0])
+            self.progress.start(self._target(), self.ledger.counts()[0])
         try:
             while True:
                 raise_if_stopped()  # a signal a library swallowed: no further trial
-                done, running, waiting = self._counts()
+                done, running, waiting = self.ledger.counts()
                 timeout = self.cfg.sweep.timeout
                 if timeout is not None and time.monotonic() - started > timeout:
                     log.info("sweep.timeout of %ss reached; not starting more trials", timeout)
@@ -260,35 +169,36 @@ class Engine:
                     if self.trainer is None:  # another worker enqueued after has_work()
                         break
                     try:
-                        state = self.run_one()
+                        ended = self.run_one()
                     except Interrupted:  # its trial ended as FAIL (interrupted), queued again
                         summary.ran["INTERRUPTED"] = summary.ran.get("INTERRUPTED", 0) + 1
                         raise
-                    if state != "SURPLUS":
-                        summary.ran[state] = summary.ran.get(state, 0) + 1
+                    if ended != "SURPLUS":
+                        summary.ran[ended] = summary.ran.get(ended, 0) + 1
                 elif running:
                     self._wait_for_others(running)
                 else:
                     break
-                self._recover_dead()
+                self.recovery.recover(self.study)
         except Interrupted as exc:
             summary.interrupted = exc
         finally:
             if self.progress:
                 self.progress.stop()
-        completed = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if completed:
-            best = self.study.best_trial
-            summary.best_value, summary.best_params = best.value, dict(best.params)
-            summary.best_number = best.number
-            summary.best_test = {
-                k: float(v) for k, v in best.user_attrs.items() if k.startswith("test_")
-            }
+        _record_best(self.study, summary)
         summary.tracking_uri = str(getattr(self.tracker, "uri", ""))
         summary.experiment_id = str(getattr(self.tracker, "experiment_id", ""))
         summary.parent_run = self.parent_run
         summary.complete = self._close_parent(summary)
         return summary
+
+    def _prepare(self) -> None:
+        """Retries dead workers' trials and enqueues the ablation's first round."""
+        self.recovery.recover(self.study)
+        if self.cfg.sweep.mode == "ablation":
+            added = self.ablation.enqueue_first_round()
+            if added:
+                log.info("enqueued %d ablation trials", added)
 
     def has_work(self) -> bool:
         """Whether this worker has trials to run or to wait for.
@@ -296,10 +206,8 @@ class Engine:
         Recovers dead workers' trials and enqueues the ablation first, so the answer is
         final; the `run` command asks before it loads any data or imports TensorFlow.
         """
-        self._recover_dead()
-        if self.cfg.sweep.mode == "ablation":
-            self.enqueue_ablation()
-        done, running, waiting = self._counts()
+        self._prepare()
+        done, running, waiting = self.ledger.counts()
         return self._has_work(done, running, waiting) or bool(running)
 
     def attach(
@@ -315,6 +223,10 @@ class Engine:
         self.trials.tags = self._common_tags()
         self.tracker.set_tags(self.parent_run, self._common_tags())
 
+    def on_dead_trial(self, study: Any, trial: Any) -> None:
+        """A trial's worker died: its run ends FAILED and its retry is queued."""
+        self.recovery.on_dead_trial(study, trial)
+
     def _close_parent(self, summary: Summary) -> bool:
         """Writes the study's summary on the parent run and ends it; True when complete.
 
@@ -322,27 +234,15 @@ class Engine:
         trial runs anywhere; left RUNNING while other workers' trials run (the last one to
         stop writes the final summary). Returns whether the study is complete.
         """
-        from sweeps.parent import summarize, view_columns
-        from sweeps.tracking import FINISHED, KILLED
-
-        done, running, waiting = self._counts()
+        done, running, waiting = self.ledger.counts()
         complete = not running and not self._has_work(done, running, waiting)
-        counted = [t for t in self.study.get_trials(deepcopy=False) if not self._excluded(t)]
-        variants = [v.name for v in self.cfg.variants] if self.cfg.sweep.mode == "ablation" else []
-        maximize = self.study.direction.name == "MAXIMIZE"
-        result = summarize(counted, self.cfg.sweep.metric, maximize, variants)
-        state = "COMPLETE" if complete else "INTERRUPTED" if summary.interrupted else "INCOMPLETE"
-        try:
-            tags = {**result.tags, "sweeps.state": state}
-            self.tracker.summarize_run(self.parent_run, result.metrics, result.params, tags)
-            names = [k.removeprefix("best.") for k in result.params]
-            columns = view_columns(self.cfg.sweep.metric, variants, names)
-            key = f"{self.cfg.sweep.name}-{self.cfg.sweep.mode}"
-            summary.view_key = self.tracker.save_view(key, columns)
-            if complete or not running:
-                self.tracker.end_run(self.parent_run, FINISHED if complete else KILLED)
-        except Exception as exc:  # the study's results are in Optuna whatever MLflow says
-            log.warning("could not write the study's summary to MLflow: %s", one_line(exc))
+        ended = "COMPLETE" if complete else "INTERRUPTED" if summary.interrupted else "INCOMPLETE"
+        end = (FINISHED if complete else KILLED) if complete or not running else None
+        counted = [t for t in self.ledger.trials() if not self.ledger.excluded(t)]
+        summary.view_key = write_summary(
+            self.tracker, self.parent_run, self.cfg, counted, ended, end,
+            maximize=self.study.direction.name == "MAXIMIZE",
+        )  # fmt: skip
         return complete
 
     def _target(self) -> int | None:
@@ -352,26 +252,6 @@ class Engine:
             return len(self.cfg.variants) * self.cfg.sweep.repeat_budget
         return self.cfg.sweep.n_trials
 
-    def _counts(self) -> tuple[int, int, int]:
-        """Trials finished for good, running, and waiting in the queue."""
-        from optuna.trial import TrialState
-
-        trials = self.study.get_trials(deepcopy=False)
-        self._retried_numbers = replaced_numbers(trials)
-        done = running = waiting = 0
-        for t in trials:
-            if self._other_mode(t):
-                continue
-            if t.state == TrialState.RUNNING:
-                running += 1
-            elif t.state == TrialState.WAITING:
-                waiting += 1
-            elif self._excluded(t):
-                continue
-            else:
-                done += 1
-        return done, running, waiting
-
     def _has_work(self, done: int, running: int, waiting: int) -> bool:
         """Whether a trial waits to be started (search: or may still be sampled).
 
@@ -380,46 +260,20 @@ class Engine:
         """
         if waiting or self.cfg.sweep.mode == "ablation":
             if not waiting and not running and self.cfg.sweep.auto_repeats:
-                return self._auto_round() > 0
+                return self.ablation.next_round() > 0
             return bool(waiting)
         return done + running < self.cfg.sweep.n_trials
 
     def _wait_for_others(self, running: int) -> None:
         """Nothing left to start, but other workers' trials run: wait for them to end.
 
-        One of them may belong to a dead worker; it is failed and retried here once its
+        One of them may belong to a dead worker; it is failed and retried once its
         heartbeat is stale (or its process is gone), so no trial is left RUNNING.
         """
         if not self._waiting_said:
             log.info("waiting for %d running trial(s) of other workers", running)
             self._waiting_said = True
         time.sleep(min(5.0, float(self.cfg.storage.heartbeat_interval)))
-
-    def _recover_dead(self) -> None:
-        """Fails and retries trials whose worker died (heartbeat or local process check)."""
-        import optuna
-
-        storage = self.study._storage
-        if isinstance(storage, optuna.storages.JournalStorage):
-            fail_dead_local_trials(self.study, self.on_dead_trial)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # marked experimental
-                optuna.storages.fail_stale_trials(self.study)  # calls on_dead_trial per trial
-
-    def on_dead_trial(self, study: Any, trial: Any) -> None:
-        """A trial's worker died: end its MLflow run as FAILED and enqueue its retry."""
-        run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        note = f"worker {trial.user_attrs.get(WORKER_ATTR, '?')} stopped mid-trial"
-        if run_id:
-            try:
-                self.tracker.end_run_now(
-                    run_id, "FAILED", {"sweeps.state": "FAIL", "sweeps.error": note}
-                )
-            except Exception as exc:
-                log.warning("could not close run %s of dead trial: %s", run_id, one_line(exc))
-        self._retry(study, trial)
-        log.warning("trial %d failed (%s); enqueued for retry", trial.number, note)
 
     # -- one trial ----------------------------------------------------------------------------
 
@@ -428,42 +282,21 @@ class Engine:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is meant for Study.optimize": ours
             trial = self.study.ask()
-        if self._surplus(trial):
-            trial.set_user_attr("sweeps.spurious", True)
-            trial.set_user_attr("sweeps.reason", "surplus: another worker started the last trial")
-            self.study.tell(trial, state=_state("FAIL"))
+        dropped = (
+            "surplus: another worker started the last trial" if self._surplus(trial)
+            else "duplicate: another worker queued this repeat"
+            if self.cfg.sweep.mode == "ablation" and self.ablation.is_duplicate(trial)
+            else ""
+        )  # fmt: skip
+        if dropped:
+            trial.set_user_attr(SPURIOUS_ATTR, True)
+            trial.set_user_attr("sweeps.reason", dropped)
+            self.study.tell(trial, state=state("FAIL"))
             return "SURPLUS"
-        if self._duplicate(trial):
-            trial.set_user_attr(_SPURIOUS, True)
-            trial.set_user_attr("sweeps.reason", "duplicate: another worker queued this repeat")
-            self.study.tell(trial, state=_state("FAIL"))
-            return "SURPLUS"
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        trial.set_user_attr(WORKER_ATTR, host.worker_id())
         if trial.user_attrs.get("sweeps.reason"):  # a retry inherits its original's attrs
             trial.set_user_attr("sweeps.reason", "")
         return self.trials.run(trial)
-
-    def _duplicate(self, trial: Any) -> bool:
-        """Whether a queued ablation trial repeats the (variant, repeat) of an earlier one.
-
-        Two workers ending a round together may both enqueue its next repeats; the storage
-        numbers trials atomically, so the later copy is dropped. Retries never are.
-        """
-        if self.cfg.sweep.mode != "ablation":
-            return False
-        frozen = _frozen(trial)
-        if "failed_trial" in frozen.system_attrs:
-            return False
-        key = ablation_key(frozen)
-        if key[0] is None:
-            return False
-        self._counts()  # refreshes which failed trials were already retried
-        return any(
-            t.number < trial.number
-            and ablation_key(t) == key
-            and not (t.state.name == "FAIL" and (self._replaced(t) or t.user_attrs.get(_SPURIOUS)))
-            for t in self.study.get_trials(deepcopy=False)
-        )
 
     def _surplus(self, trial: Any) -> bool:
         """Whether a fresh search trial lies beyond ``sweep.n_trials``.
@@ -473,42 +306,48 @@ class Engine:
         """
         if self.cfg.sweep.mode != "search":
             return False
-        attrs = _frozen(trial).system_attrs
+        attrs = frozen(trial).system_attrs
         if "fixed_params" in attrs or "failed_trial" in attrs:
             return False
-        self._counts()
         earlier = [
             t
-            for t in self.study.get_trials(deepcopy=False)
-            if t.number < trial.number and not self._excluded(t)
+            for t in self.ledger.trials()
+            if t.number < trial.number and not self.ledger.excluded(t)
         ]
         return len(earlier) >= self.cfg.sweep.n_trials
 
-    def _excluded(self, t: Any) -> bool:
-        """Failed trials that were retried, surplus trials and the other mode's do not count."""
-        from optuna.trial import TrialState
 
-        return self._other_mode(t) or (
-            t.state == TrialState.FAIL
-            and (t.number in self._retried_numbers or bool(t.user_attrs.get("sweeps.spurious")))
+def check_identity(study: Any, cfg: RunConfig) -> None:
+    """Records the study's space (or ablation rows) at its first run; refuses another later.
+
+    Raises:
+        StudyMismatch: the study exists with a different space or ablation, unless
+            ``sweep.allow_space_change`` is set.
+    """
+    if cfg.sweep.mode == "ablation":
+        mine = f"ablation:{[[v.name, v.overrides] for v in cfg.variants]!r}"
+    else:
+        mine = f"search:{signature(cfg.space)}"
+    key = f"space_signature_{cfg.sweep.mode}"
+    stored = study.user_attrs.get(key)
+    if stored is None or cfg.sweep.allow_space_change:
+        if stored != mine:
+            study.set_user_attr(key, mine)
+        return
+    if stored != mine:
+        raise StudyMismatch(
+            f"study '{cfg.sweep.name}' already exists with a different "
+            f"{'ablation' if cfg.sweep.mode == 'ablation' else 'search space'}; "
+            "choose another sweep.name=..., or resume it anyway with "
+            "sweep.allow_space_change=true"
         )
 
-    def _other_mode(self, t: Any) -> bool:
-        """An ablation trial seen by a search, or the reverse: one study name holds both."""
-        fixed = t.system_attrs.get("fixed_params") or {}
-        is_ablation = VARIANT_PARAM in t.params or VARIANT_PARAM in fixed
-        return is_ablation != (self.cfg.sweep.mode == "ablation")
 
-
-_SPURIOUS = "sweeps.spurious"  # a trial dropped unrun: surplus or a duplicate
-
-
-def _frozen(trial: Any) -> Any:
-    """The stored view of a live trial (Optuna 5 keeps system attrs off ``Trial``)."""
-    return trial.study._storage.get_trial(trial._trial_id)
-
-
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]
+def _record_best(study: Any, summary: Summary) -> None:
+    """The best trial's value, parameters and test metrics, on the summary."""
+    if not study.get_trials(deepcopy=False, states=(state("COMPLETE"),)):
+        return
+    best = study.best_trial
+    summary.best_value, summary.best_params = best.value, dict(best.params)
+    summary.best_number = best.number
+    summary.best_test = {k: float(v) for k, v in best.user_attrs.items() if k.startswith("test_")}

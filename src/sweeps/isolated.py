@@ -22,7 +22,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from sweeps import backend
 from sweeps.errors import TrialFailed, one_line
+from sweeps.quiet import quiet_stderr
+from sweeps.trainer import KerasTrainer, configure_tensorflow
 from sweeps.trial import TrialOutcome, TrialSpec
 
 _GO, _STOP = "go", "stop"
@@ -116,15 +119,11 @@ def _child_main(conn: Connection, data: Any, spec: TrialSpec, parent: int) -> No
     # Ctrl-C reaches the whole process group; the parent handles it and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    from sweeps import backend
-    from sweeps.trainer import KerasTrainer, configure_tensorflow
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         conn.send(("epoch", (epoch, metrics)))
         if conn.recv() != _GO:
             raise _Stopped
-
-    from sweeps.quiet import quiet_stderr
 
     try:
         name = backend.select(spec.train.backend)  # nothing has imported Keras here yet

@@ -4,17 +4,14 @@ No scheduler of our own: each worker is the same ``python -m sweeps run`` comman
 ``sweep.workers=1``, and the study (the journal file, or PostgreSQL) hands out the trials, as
 it does to workers on other hosts. ``auto`` starts one worker per visible GPU (times
 ``sweep.trials_per_gpu``), each pinned to its card with ``CUDA_VISIBLE_DEVICES``; the GPUs
-are found without importing TensorFlow (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``).
+are found by :mod:`sweeps.host`, without importing TensorFlow.
 The parent prints every worker's lines prefixed by its name and device, forwards Ctrl-C and
 SIGTERM (each worker's running trial ends as FAIL, to be retried), and says which worker died.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,13 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from sweeps import services
 from sweeps.config import RunConfig, SweepConfig
+from sweeps.host import DEVICE_ENV, LAUNCHED_ENV, PARALLEL_ENV, given_parallel, visible_gpus
+from sweeps.keys import WORKER_ATTR
 
-LAUNCHED_ENV = "SWEEPS_LAUNCHED"  # set in every worker a launcher starts: it never launches
-PARALLEL_ENV = "SWEEPS_PARALLEL"  # worker processes sharing the study (constant liar)
-DEVICE_ENV = "SWEEPS_DEVICE"  # what the worker's MLflow runs are tagged with (sweeps.device)
 _OWN_KEYS = ("sweep.workers=", "sweep.trials_per_gpu=")
-_NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
 _POLL_S = 2.0  # seconds between the parent's reads of the study's totals
 _RESIGNAL_S = 10.0  # after Ctrl-C or SIGTERM, a worker still in its trial is signalled again
 
@@ -43,27 +39,6 @@ class Slot:
     name: str
     device: str  # "gpu:0", or "cpu"
     env: dict[str, str]
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (ids or UUIDs).
-
-    ``CUDA_VISIBLE_DEVICES`` when set (empty or ``-1``: none), else the cards ``nvidia-smi -L``
-    lists, else none. TensorFlow is not imported: it would take the cards in this process.
-    """
-    given = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if given is not None:
-        ids = [d.strip() for d in given.split(",") if d.strip()]
-        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every card.
-        return ids[: next((i for i, d in enumerate(ids) if d.startswith("-")), len(ids))]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return _NVIDIA_SMI_LINE.findall(out.stdout) if out.returncode == 0 else []
 
 
 def plan_workers(sweep: SweepConfig, gpus: Sequence[str]) -> list[Slot]:
@@ -84,30 +59,6 @@ def plan_workers(sweep: SweepConfig, gpus: Sequence[str]) -> list[Slot]:
         device = f"gpu:{cards[i]}" if cards else "cpu"
         slots.append(Slot(f"w{i}", device, {**env, DEVICE_ENV: device}))
     return slots
-
-
-def sharing_workers(sweep: SweepConfig) -> int:
-    """How many worker processes share the study, as far as this process knows.
-
-    ``SWEEPS_PARALLEL`` when set: a launcher sets it in its workers, and the Slurm, Kubernetes
-    and compose files set it for workers started on other hosts; else ``sweep.workers``.
-    """
-    return _given_parallel() or (sweep.workers if isinstance(sweep.workers, int) else 1)
-
-
-def _given_parallel() -> int:
-    given = os.environ.get(PARALLEL_ENV, "").strip()
-    return int(given) if given.isdigit() and int(given) >= 1 else 0
-
-
-@functools.cache
-def placement_tags() -> dict[str, str]:
-    """``sweeps.host`` and ``sweeps.device`` for every MLflow run of this process."""
-    device = os.environ.get(DEVICE_ENV)
-    if not device:
-        gpus = visible_gpus()
-        device = f"gpu:{','.join(gpus)}" if gpus else "cpu"
-    return {"sweeps.host": socket.gethostname(), "sweeps.device": device}
 
 
 def child_overrides(overrides: Sequence[str]) -> list[str]:
@@ -177,7 +128,7 @@ class Launcher:
 
     def _start(self, slot: Slot) -> threading.Thread:
         # Other hosts' launchers (SWEEPS_PARALLEL of this one) each start as many workers.
-        total = (_given_parallel() or 1) * len(self.slots)
+        total = (given_parallel() or 1) * len(self.slots)
         env = {**os.environ, **slot.env, LAUNCHED_ENV: slot.name, "PYTHONUNBUFFERED": "1",
                PARALLEL_ENV: str(total)}  # fmt: skip
         # A session of its own: a terminal's Ctrl-C reaches the parent only, which passes it
@@ -304,27 +255,20 @@ def _create_local_tracking(cfg: RunConfig) -> None:
     N processes creating one SQLite database at once race through its schema migrations,
     and under load some time out; a tracking server or an existing store needs nothing.
     """
-    from sweeps.runner import open_tracker
-
     uri = cfg.tracking.uri
     if uri is None or uri.startswith("sqlite:"):
-        open_tracker(cfg).close()
+        services.open_tracker(cfg).close()
 
 
 def _open_study(cfg: RunConfig) -> Any:
     import optuna
 
-    from sweeps.storage import open_storage
-
-    storage = open_storage(cfg.storage, cfg.store_dir, lambda study, trial: None)
-    return optuna.load_study(study_name=cfg.sweep.name, storage=storage)
+    return optuna.load_study(study_name=cfg.sweep.name, storage=services.study_storage(cfg))
 
 
 def running_trial_pids(study: Any) -> set[int]:
     """Process ids of this host's workers that have a RUNNING trial in the study."""
     from optuna.trial import TrialState
-
-    from sweeps.storage import WORKER_ATTR
 
     host, pids = socket.gethostname(), set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

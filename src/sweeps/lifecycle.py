@@ -12,58 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sweeps import keys, plots
 from sweeps.config import RunConfig, apply_overrides
 from sweeps.errors import SweepsError, TrialFailed, one_line
+from sweeps.keys import REPEAT_PARAM, RUN_ID_ATTR, VARIANT_PARAM, retried_from
+from sweeps.models import ArchitectureError
+from sweeps.signals import Interrupted, raise_if_stopped, stop_requested
 from sweeps.space import sample
-from sweeps.storage import Heartbeat, retried_from
+from sweeps.storage import Heartbeat
 from sweeps.trial import TrialOutcome, TrialSpec, make_spec
 
 log = logging.getLogger("sweeps.engine")
-
-RUN_ID_ATTR = "mlflow_run_id"
-VARIANT_PARAM, REPEAT_PARAM = "ablation.variant", "ablation.repeat"
-
-
-def ablation_key(trial: Any) -> tuple[str | None, int | None]:
-    """``(variant, repeat)`` of an ablation trial, queued ones included; (None, None) otherwise."""
-    queued = trial.system_attrs.get("fixed_params") or {}  # a waiting trial has no params yet
-    params = trial.params if VARIANT_PARAM in trial.params else queued
-    return params.get(VARIANT_PARAM), params.get(REPEAT_PARAM)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; ``exit_code`` is what the process should exit with."""
-
-    def __init__(self, exit_code: int = 130) -> None:
-        super().__init__(exit_code)
-        self.exit_code = exit_code
-
-
-_stop_code: int | None = None  # exit code of the first SIGINT/SIGTERM this process received
-
-
-def on_stop_signal(signum: int, frame: object) -> None:
-    """Handler for SIGINT and SIGTERM: remembers the signal, then raises `Interrupted`.
-
-    The exception lands wherever Python happens to be, and a library may turn it into an
-    error of its own (TensorFlow does while it traces a model) or drop it (inside a garbage
-    collection callback); what is remembered lets the trial still end as interrupted.
-    """
-    global _stop_code
-    _stop_code = _stop_code or 128 + signum
-    raise Interrupted(128 + signum)
-
-
-def stop_requested() -> int | None:
-    """The exit code of the first SIGINT/SIGTERM received, or None."""
-    return _stop_code
-
-
-def raise_if_stopped() -> None:
-    """Raises `Interrupted` when a stop signal has arrived, even one a library swallowed."""
-    code = stop_requested()
-    if code is not None:
-        raise Interrupted(code)
 
 
 class TrialLifecycle:
@@ -121,7 +80,7 @@ class TrialLifecycle:
             self._end(trial, handle, "COMPLETE", value, "", spec, outcome)
             return "COMPLETE"
         except _Pruned as exc:
-            self.study.tell(trial, state=_state("PRUNED"))
+            self.study.tell(trial, state=keys.state("PRUNED"))
             history = reporter.history if reporter is not None else None
             self._end(trial, handle, "PRUNED", None, exc.note, spec, history=history)
             return "PRUNED"
@@ -135,7 +94,7 @@ class TrialLifecycle:
                 raise Interrupted(code) from None
             if _is_architecture_error(exc):
                 trial.set_user_attr("sweeps.reason", one_line(exc))
-                self.study.tell(trial, state=_state("PRUNED"))
+                self.study.tell(trial, state=keys.state("PRUNED"))
                 self._end(trial, handle, "PRUNED", None, one_line(exc), spec)
                 return "PRUNED"
             self._fail(trial, handle, _reason(exc))
@@ -144,7 +103,7 @@ class TrialLifecycle:
     def _spec(self, trial: Any) -> TrialSpec:
         if self.cfg.sweep.mode == "ablation":
             names = [v.name for v in self.cfg.variants]
-            fixed = _frozen(trial).system_attrs.get("fixed_params") or {}
+            fixed = keys.frozen(trial).system_attrs.get("fixed_params") or {}
             if VARIANT_PARAM not in fixed:
                 # A worker raced another for the last queued trial and got a fresh one.
                 trial.set_user_attr("sweeps.spurious", True)
@@ -178,7 +137,7 @@ class TrialLifecycle:
         }
         if spec.variant is not None:
             tags.update({"sweeps.variant": spec.variant, "sweeps.repeat": str(spec.repeat)})
-        retry_of = retried_from(_frozen(trial).system_attrs)
+        retry_of = retried_from(keys.frozen(trial).system_attrs)
         if retry_of is not None:
             old = self.study._storage.get_trial(
                 self.study._storage.get_trial_id_from_study_id_trial_number(
@@ -253,8 +212,6 @@ class TrialLifecycle:
         self, handle: str, spec: TrialSpec, history: list[dict[str, float]], note: str
     ) -> None:
         """The learning curves of the epochs a pruned trial ran, as for a complete one."""
-        from sweeps import plots
-
         try:
             spec.workdir.mkdir(parents=True, exist_ok=True)
             title = f"{spec.study} trial {spec.number} ({note})" if note else ""
@@ -280,7 +237,7 @@ class TrialLifecycle:
         trial.set_user_attr("sweeps.reason", reason)
         if handle is not None:
             self._late_run_id(trial, handle)
-        self.study.tell(trial, state=_state("FAIL"))
+        self.study.tell(trial, state=keys.state("FAIL"))
         if self.progress:
             self.progress.trial_ended(trial.number, "FAIL", None, reason)
         if handle is not None:
@@ -327,24 +284,11 @@ def _stopped(trial: Any, state: str, outcome: TrialOutcome | None) -> dict[str, 
         return {"sweeps.stop_reason": outcome.stop_reason,
                 "sweeps.epochs_trained": str(len(outcome.history))}  # fmt: skip
     reason = {"PRUNED": "pruned", "interrupted": "interrupted"}.get(state, "failed")
-    epochs = len(_frozen(trial).intermediate_values)  # every epoch is reported to Optuna
+    epochs = len(keys.frozen(trial).intermediate_values)  # every epoch is reported to Optuna
     return {"sweeps.stop_reason": reason, "sweeps.epochs_trained": str(epochs)}
 
 
-def _frozen(trial: Any) -> Any:
-    """The stored view of a live trial (Optuna 5 keeps system attrs off ``Trial``)."""
-    return trial.study._storage.get_trial(trial._trial_id)
-
-
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]
-
-
 def _is_architecture_error(exc: Exception) -> bool:
-    from sweeps.models import ArchitectureError
-
     return isinstance(exc, ArchitectureError)
 
 

@@ -6,16 +6,21 @@ study last writes the final numbers, and writing them twice changes nothing.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.lifecycle import REPEAT_PARAM, VARIANT_PARAM
+from sweeps.config import RunConfig
+from sweeps.errors import one_line
+from sweeps.keys import REPEAT_PARAM, VARIANT_PARAM
 from sweeps.stats.summary import mean_ci
 
 TEST_METRICS = ("test_acc", "test_loss", "test_macro_f1")
+
+log = logging.getLogger("sweeps.engine")
 
 
 @dataclass
@@ -130,3 +135,35 @@ def _finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def write_summary(
+    tracker: Any,
+    parent_run: str,
+    cfg: RunConfig,
+    counted: Sequence[Any],
+    state: str,
+    end: str | None,
+    *,
+    maximize: bool,
+) -> str:
+    """Writes the summary of the counted trials on the parent run, saves the study's view of
+    the runs table, and ends the run with status ``end`` (None: left running); returns the
+    view's key ("" when MLflow refused: the study's results are in Optuna whatever it says).
+    """
+    variants = [v.name for v in cfg.variants] if cfg.sweep.mode == "ablation" else []
+    result = summarize(counted, cfg.sweep.metric, maximize, variants)
+    try:
+        tracker.summarize_run(parent_run, result.metrics, result.params,
+                              {**result.tags, "sweeps.state": state})  # fmt: skip
+        names = [k.removeprefix("best.") for k in result.params]
+        key = tracker.save_view(
+            f"{cfg.sweep.name}-{cfg.sweep.mode}",
+            view_columns(cfg.sweep.metric, variants, names),
+        )
+        if end is not None:
+            tracker.end_run(parent_run, end)
+        return key
+    except Exception as exc:
+        log.warning("could not write the study's summary to MLflow: %s", one_line(exc))
+        return ""

@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeps.config import MODEL_OWN_KEYS, RunConfig, apply_overrides, check_own_code, model_key
+from sweeps.data import load_dataset
 from sweeps.errors import ConfigError, one_line
+from sweeps.models import ModelConfigError, create_model
+from sweeps.report_files import table_console
 from sweeps.trial import input_size
 
 # Fixed image geometry of the bundled datasets: (decoded size, channels, classes).
@@ -112,8 +115,6 @@ def search_extremes(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def plan_row(raw: dict[str, Any], name: str, overrides: dict[str, Any]) -> PlanRow:
     """Builds one model with random weights and summarises it; problems become a warning."""
-    from sweeps.models import ModelConfigError
-
     config = apply_overrides(raw, overrides)
     shape, num_classes = input_geometry(config)
     kwargs = {k: v for k, v in config["model"].items() if k not in MODEL_OWN_KEYS}
@@ -131,8 +132,7 @@ def _built(row: PlanRow, model_name: str, kwargs: dict[str, Any]) -> PlanRow:
     """The row with the built model's numbers; create_model checks the architecture first."""
     import keras
 
-    from sweeps.models import create_model
-    from sweeps.models.summary import describe
+    from sweeps.models.summary import describe  # imports Keras
 
     keras.backend.clear_session()  # one plan builds many models; keep only the current one
     model = create_model(
@@ -198,8 +198,6 @@ _LOADED: dict[str, tuple[tuple[int, int, int], int]] = {}
 
 def _loaded_geometry(data: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
     """Image shape and class count of a user's own loader: only loading tells them."""
-    from sweeps.data import load_dataset
-
     key = json.dumps(data, sort_keys=True, default=str)
     if key not in _LOADED:
         kwargs = {k: v for k, v in data.items() if k not in ("name", "loader")}
@@ -213,8 +211,6 @@ def _loaded_geometry(data: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
 
 def wide_console() -> Console:
     """The console tables are printed on (:func:`sweeps.report_files.table_console`)."""
-    from sweeps.report_files import table_console
-
     return table_console()
 
 

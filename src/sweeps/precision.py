@@ -3,7 +3,7 @@
 ``auto`` picks mixed bfloat16 on CPUs with bfloat16 instructions (AVX512_BF16 or AMX: oneDNN
 then runs convolutions and matrix products in bfloat16 at about half the CPU time), mixed
 float16 on NVIDIA GPUs of compute capability 7.0 or more (tensor cores), and float32 elsewhere.
-The host facts are read without importing TensorFlow (``/proc/cpuinfo``, ``nvidia-smi``), so the
+The host facts come from :mod:`sweeps.host`, without importing TensorFlow, so the
 `run` command can print and log the choice before any trial; setting the policy goes through
 ``keras.mixed_precision``, the same call on every Keras backend.
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+
+from sweeps import host
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -52,47 +50,10 @@ def reason(requested: str, resolved: str, *, cpu_flags: Iterable[str],
     return f"precision: {resolved} (auto: {why})"
 
 
-def host_cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
-    """The first CPU's feature flags; empty where ``path`` cannot be read (not Linux)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):  # x86, arm64
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def host_gpu_capability() -> float | None:
-    """The highest compute capability ``nvidia-smi`` reports, or None without a usable GPU.
-
-    A GPU hidden from this process (``CUDA_VISIBLE_DEVICES`` empty or -1) counts as none.
-    """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return None
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
-        return None
-    try:
-        out = subprocess.run([tool, "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=15)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    caps = []
-    for line in out.stdout.splitlines() if out.returncode == 0 else []:
-        try:
-            caps.append(float(line.strip()))
-        except ValueError:  # "[N/A]" on old drivers
-            continue
-    return max(caps) if caps else None
-
-
 @functools.cache
 def describe(requested: str) -> tuple[str, str]:
     """``(resolved policy, one-line reason)`` on this host; the host is probed once."""
-    flags, cap = host_cpu_flags(), host_gpu_capability()
+    flags, cap = host.cpu_flags(), host.gpu_capability()
     resolved = resolve(requested, cpu_flags=flags, gpu_capability=cap)
     return resolved, reason(requested, resolved, cpu_flags=flags, gpu_capability=cap)
 

@@ -23,6 +23,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.errors import mask_url
+from sweeps.keys import SPURIOUS_ATTR
+
 _COLORS = {"COMPLETE": "green", "PRUNED": "yellow", "RUNNING": "cyan"}
 
 
@@ -132,7 +135,7 @@ class ConsoleProgress:
         """The closing lines: counts, the best trial, where the results are, how to open them."""
         counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         for t in study.get_trials(deepcopy=False):
-            if t.state.name in counts and not t.user_attrs.get("sweeps.spurious"):
+            if t.state.name in counts and not t.user_attrs.get(SPURIOUS_ATTR):
                 counts[t.state.name] += 1
         ran = ", ".join(f"{n} {s.lower()}" for s, n in summary.ran.items()) or "no trials"
         state = "complete" if getattr(summary, "complete", False) else "not complete"
@@ -265,8 +268,6 @@ class ConsoleProgress:
             lines.append(f"open them: [bold]mlflow ui --backend-store-uri {uri}[/bold]")
             lines.append(f"  then http://127.0.0.1:5000/{page}")
         elif uri.startswith(("http://", "https://")):
-            from sweeps.errors import mask_url
-
             lines.append(f"MLflow: {mask_url(uri).rstrip('/')}/{page}")
         if self.study_arg:
             extra = f" sweep.name={self.study}" if self.study != self.study_arg else ""

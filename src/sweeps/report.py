@@ -12,34 +12,21 @@ did not keep, holds the checkpoints ``report.inspect`` looks into, and receives 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from sweeps.config import RunConfig, parse_section
+from sweeps import services
+from sweeps.backend import select
+from sweeps.config import RunConfig
 from sweeps.errors import SweepsError, mask_url, one_line
-from sweeps.lifecycle import ablation_key
+from sweeps.keys import AUTO_ATTR, PARENT_RUN_ATTR, ablation_key
 from sweeps.report_ablation import report_ablation
 from sweeps.report_files import table_console
+from sweeps.report_inspect import inspect_best
 from sweeps.report_search import report_search
-from sweeps.verdict import AUTO_ATTR, DEFAULT_MARGIN
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """The ``report:`` section of the config (see conf/config.yaml)."""
-
-    top_k: int = 10
-    margin: float = DEFAULT_MARGIN  # ablation: equivalence band, +/- this much accuracy
-    inspect: bool = False
-    inspect_layers: list[str] | None = None
-    filter_steps: int = 40
-    filters_per_layer: int = 8
-    pattern_size: int = 64
-    maps_per_layer: int = 16
-    examples: int = 25
+from sweeps.storage import resolve_url
 
 
 def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
@@ -49,7 +36,7 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
     has finished yet.
     """
     console = console or table_console()
-    options = parse_section(ReportOptions, cfg.raw.get("report"), "report")
+    options = cfg.report
     study = load_study(cfg, console)
     if study is None:
         return []
@@ -75,9 +62,6 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
         if search:
             files += report_search(cfg, study, search, options.top_k, out, console)
         if options.inspect:  # loads the checkpoints: the only part of a report that runs Keras
-            from sweeps.backend import select
-            from sweeps.inspection import inspect_best
-
             select(cfg.train.backend)
 
             files += [
@@ -96,31 +80,19 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
 
 def load_study(cfg: RunConfig, console: Console) -> Any | None:
     """The study from its storage, read-only; None (after saying so) when it does not exist."""
-    import optuna
-
-    from sweeps.storage import is_journal, open_storage, resolve_url
-
-    url = resolve_url(cfg.storage, cfg.store_dir)
-    missing = (
-        f"no study '{cfg.sweep.name}' in {mask_url(url)}: run "
-        f"`python -m sweeps run +study={cfg.study}` first (same store_dir / storage.url)"
-    )
-    if is_journal(url) and not Path(url).is_file():  # opening it would create an empty one
-        console.print(missing)
-        return None
-    storage = open_storage(cfg.storage, cfg.store_dir, lambda study, trial: None)
-    try:
-        return optuna.load_study(study_name=cfg.sweep.name, storage=storage)
-    except KeyError:
-        console.print(missing)
-        return None
+    study = services.existing_study(cfg)
+    if study is None:
+        url = resolve_url(cfg.storage, cfg.store_dir)
+        console.print(
+            f"no study '{cfg.sweep.name}' in {mask_url(url)}: run "
+            f"`python -m sweeps run +study={cfg.study}` first (same store_dir / storage.url)"
+        )
+    return study
 
 
 def _open_tracker(cfg: RunConfig, console: Console) -> Any | None:
-    from sweeps.runner import open_tracker
-
     try:
-        return open_tracker(cfg)
+        return services.open_tracker(cfg)
     except SweepsError as exc:
         console.print(f"[yellow]MLflow not used[/yellow]: {one_line(exc)}")
         return None
@@ -129,7 +101,7 @@ def _open_tracker(cfg: RunConfig, console: Console) -> Any | None:
 def _log_to_parent(
     study: Any, tracker: Any | None, files: list[tuple[Path, str]], console: Console
 ) -> None:
-    parent = study.user_attrs.get("mlflow_parent_run_id")
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
     if tracker is None or not parent:
         console.print("[yellow]report not logged to MLflow[/yellow]: no parent run to log to")
         return

@@ -24,20 +24,17 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeps.config import RunConfig, Variant
-from sweeps.engine import RUN_ID_ATTR
-from sweeps.lifecycle import ablation_key
+from sweeps.keys import RUN_ID_ATTR, SPURIOUS_ATTR, ablation_key, replaced_numbers
+from sweeps.repeat_plan import with_recorded_rule
 from sweeps.report_files import number, pyplot, write_csv
 from sweeps.stats.summary import NAN, mean_ci, mean_curve
-from sweeps.storage import replaced_numbers
 from sweeps.verdict import (
     ALPHA,
     DECISION_METRIC,
     UNDECIDED,
     Verdict,
     decided_verdicts,
-    margin_of,
     verdicts_for_study,
-    with_recorded_rule,
 )
 
 METRICS = ("test_acc", "val_acc", "test_loss", "train_acc")  # all in the CSV
@@ -61,7 +58,7 @@ def report_ablation(
     """The per-metric verdict tables, printed and written as CSV, Markdown and PNG.
 
     Args:
-        auto: The study's repeats=auto record (``sweeps.verdict.AUTO_ATTR``), if any.
+        auto: The study's repeats=auto record (``sweeps.keys.AUTO_ATTR``), if any.
     """
     cfg = with_recorded_rule(cfg, auto)
     runs = variant_runs(trials, cfg.variants)
@@ -76,7 +73,7 @@ def report_ablation(
     paths = [
         write_csv(rows, out / "ablation.csv"),
         write_markdown(cfg, title, rows, out / "ablation.md"),
-        plot_ablation(rows, curves, margin_of(cfg), out / "ablation.png"),
+        plot_ablation(rows, curves, cfg.report.margin, out / "ablation.png"),
     ]
     return [(p, "report") for p in paths]
 
@@ -129,7 +126,7 @@ def variant_runs(trials: Sequence[Any], variants: Sequence[Variant]) -> list[Var
     repeats: dict[str, set] = defaultdict(set)
     for t in trials:
         name, repeat = ablation_key(t)
-        if name is None or t.number in retried or t.user_attrs.get("sweeps.spurious"):
+        if name is None or t.number in retried or t.user_attrs.get(SPURIOUS_ATTR):
             continue
         entry = runs.setdefault(name, VariantRuns(Variant(name, {})))
         repeats[name].add(repeat)
@@ -342,7 +339,7 @@ def _rich_table(metric: str, rows: Sequence[dict[str, Any]], width: int) -> Tabl
 
 
 def _legend_lines(cfg: RunConfig, rows: Sequence[dict[str, Any]], emit: Callable) -> None:
-    margin = margin_of(cfg)
+    margin = cfg.report.margin
     variants = len(rows) - 1
     if cfg.sweep.auto_repeats:
         sweep = cfg.sweep

@@ -9,9 +9,7 @@ storage has no heartbeats: a dead local worker is found by its process id instea
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import warnings
@@ -19,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sweeps import host
 from sweeps.config import StorageConfig, SweepConfig
 from sweeps.errors import ConfigError, StorageUnreachable, mask_url
 from sweeps.space import Param, grid_space
@@ -26,33 +25,6 @@ from sweeps.space import Param, grid_space
 FailedTrialCallback = Callable[[Any, Any], None]
 
 log = logging.getLogger("sweeps.storage")
-
-WORKER_ATTR = "sweeps.worker"  # "host:pid" of the process running a trial
-
-
-def worker_id() -> str:
-    """This process as other workers see it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def replaced_numbers(trials: Any) -> set[int]:
-    """Numbers of the failed trials that a retry replaced, at any depth of a retry chain.
-
-    Optuna's retry callback keeps the first trial of a chain in ``failed_trial`` and every
-    trial of the chain in ``retry_history``; a trial retried twice has two replaced ones.
-    """
-    out: set[int] = set()
-    for t in trials:
-        out.update(t.system_attrs.get("retry_history") or ())
-        if t.system_attrs.get("failed_trial") is not None:
-            out.add(t.system_attrs["failed_trial"])
-    return out
-
-
-def retried_from(system_attrs: dict[str, Any]) -> int | None:
-    """The number of the trial a retry replaces directly (the last of its chain), or None."""
-    history = system_attrs.get("retry_history") or []
-    return history[-1] if history else system_attrs.get("failed_trial")
 
 
 def resolve_url(cfg: StorageConfig, store_dir: Path) -> str:
@@ -134,45 +106,6 @@ def _rdb_storage(
             time.sleep(0.2 * attempt + random.random() * 0.5)
 
 
-def fail_dead_local_trials(study: Any, callback: FailedTrialCallback) -> int:
-    """Fails RUNNING trials whose worker process on this host is gone; returns how many.
-
-    Journal storage has no heartbeats, so a local worker killed mid-trial would leave its
-    trial RUNNING forever. Trials of other hosts are left alone.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    host = socket.gethostname()
-    found = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = str(t.user_attrs.get(WORKER_ATTR, ""))
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            ok = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another worker got there first
-        if ok:
-            found += 1
-            callback(study, study._storage.get_trial(t._trial_id))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) runs nothing any more
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:
     """The sampler named by ``sweep.sampler``."""
     import optuna
@@ -209,9 +142,7 @@ def _constant_liar(sweep: SweepConfig) -> bool:
     """
     if isinstance(sweep.constant_liar, bool):
         return sweep.constant_liar
-    from sweeps.launcher import sharing_workers
-
-    return sharing_workers(sweep) > 1
+    return host.sharing_workers(sweep.workers) > 1
 
 
 def _require(module: str, what: str, package: str) -> None:

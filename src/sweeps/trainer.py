@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import precision
+from sweeps import plots, precision
+from sweeps.data import AugmentSpec
 from sweeps.errors import TrialFailed, mask_config
+from sweeps.models import check_architecture, create_model
 from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.trainer")
@@ -69,8 +71,7 @@ class KerasTrainer:
         """Trains one trial; ``report`` may raise to prune or fail it."""
         import keras
 
-        from sweeps.models import check_architecture, create_model
-        from sweeps.models.compile import compile_model
+        from sweeps.models.compile import compile_model  # imports Keras
 
         h, w, c = self.data.image_shape
         size = spec.input_size or (h, w)
@@ -129,8 +130,6 @@ class KerasTrainer:
 
     def _datasets(self, spec: TrialSpec, size: tuple[int, int], channels: int):
         import keras
-
-        from sweeps.data import AugmentSpec
 
         # tf.data on TensorFlow; elsewhere a PyDataset (NumPy), so TensorFlow is never imported.
         if keras.backend.backend() == "tensorflow":
@@ -246,8 +245,6 @@ def write_artifacts(
         TrialFailed: when a file cannot be written (disk full, permissions).
     """
     import yaml
-
-    from sweeps import plots
 
     out = spec.workdir
     try:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.errors import ConfigError
+from sweeps.keys import REPEAT_PARAM, SPURIOUS_ATTR, VARIANT_PARAM
 from sweeps.stats.paired import (  # noqa: F401  (re-exported: the verdict words)
     ALPHA,
     BETTER,
@@ -60,8 +60,6 @@ from sweeps.stats.sequential import sequential_levels
 DEFAULT_MARGIN = 0.01
 DECISION_METRIC = "test_acc"  # the documents' headline number; what repeats=auto decides on
 LOWER_IS_BETTER = frozenset({"test_loss", "val_loss", "train_loss"})
-AUTO_ATTR = "sweeps.auto_repeats"  # study user attr: per variant, repeats held and why it stopped
-RULE_KEY = "_rule"  # in that record: the min_repeats and max_repeats the study ran under
 
 
 def level_function(cfg: Any) -> Callable[[int], float]:
@@ -75,16 +73,6 @@ def level_function(cfg: Any) -> Callable[[int], float]:
         levels = sequential_levels(low, high, ALPHA)
         return lambda n: NAN if n < low else levels[min(n, high)]
     return lambda n: NAN if n < 2 else ALPHA
-
-
-def margin_of(cfg: Any) -> float:
-    """``report.margin``: half-width of the equivalence band, in accuracy (0.01 = 1 point)."""
-    value = (cfg.raw.get("report") or {}).get("margin", DEFAULT_MARGIN)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError(
-            f"report.margin={value!r}: must be a number > 0 and < 1 (accuracy, 0.01 = 1 point)"
-        )
-    return float(value)
 
 
 # -- one study -----------------------------------------------------------------------------------
@@ -248,11 +236,9 @@ def finished_values(
 ) -> dict[str, dict[int, float]]:
     """Per variant (``names`` first, in order, then any other), the metric of each COMPLETE
     repeat; a repeat finished twice (two workers raced) counts once, the lower trial number."""
-    from sweeps.lifecycle import REPEAT_PARAM, VARIANT_PARAM
-
     out: dict[str, dict[int, float]] = {name: {} for name in names}
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state.name != "COMPLETE" or t.user_attrs.get("sweeps.spurious"):
+        if t.state.name != "COMPLETE" or t.user_attrs.get(SPURIOUS_ATTR):
             continue
         name, repeat = t.params.get(VARIANT_PARAM), t.params.get(REPEAT_PARAM)
         if name is None or metric not in t.user_attrs:
@@ -288,7 +274,7 @@ def verdicts_for_study(
         values,
         metric,
         baseline=baseline,
-        margin=margin_of(cfg) if metric.endswith("_acc") else None,
+        margin=cfg.report.margin if metric.endswith("_acc") else None,
         level_of=level_function(cfg),
         published={v.name: v.published.get(metric, NAN) for v in cfg.variants},
         decided=decided if metric == DECISION_METRIC else None,
@@ -303,113 +289,3 @@ def decided_verdicts(record: Mapping[str, Any] | None) -> dict[str, str]:
         for name, entry in (record or {}).items()
         if isinstance(entry, Mapping) and entry.get("stopped") == "decided"
     }
-
-
-# -- repeats=auto ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AutoPlan:
-    """The next round of a repeats=auto ablation.
-
-    Attributes:
-        enqueue: ``(variant, repeat)`` to queue now (the baseline's included).
-        record: Per variant: ``repeats`` it holds (with this round), ``finished`` runs,
-            ``stopped`` (``decided``, ``budget spent``, or ``""`` while open), ``verdict``
-            and ``at`` (the repeats it was decided at).
-        open: Variants still undecided.
-    """
-
-    enqueue: list[tuple[str, int]]
-    record: dict[str, dict[str, Any]]
-    open: list[str]
-
-
-def held_repeats(trials: Sequence[Any]) -> tuple[dict[str, set[int]], set[str]]:
-    """Per variant, the repeats the study holds in any state (not failed trials already
-    retried, nor dropped duplicates); and the variants with a trial waiting or running."""
-    from sweeps.lifecycle import ablation_key
-    from sweeps.storage import replaced_numbers
-
-    retried = replaced_numbers(trials)
-    held: dict[str, set[int]] = {}
-    unfinished: set[str] = set()
-    for t in trials:
-        if t.user_attrs.get("sweeps.spurious") or t.number in retried:
-            continue
-        name, repeat = ablation_key(t)
-        if name is None or repeat is None:
-            continue
-        held.setdefault(name, set()).add(int(repeat))
-        if t.state.name in ("WAITING", "RUNNING"):
-            unfinished.add(name)
-    return held, unfinished
-
-
-def auto_plan(cfg: Any, trials: Sequence[Any], record: Mapping[str, Any] | None = None) -> AutoPlan:
-    """What repeats=auto does after a round: who gets another repeat, who stopped and why.
-
-    A variant stops once its verdict on :data:`DECISION_METRIC` is reached (it then stands,
-    whatever later rounds of other variants do to Holm's correction) or once it holds
-    ``sweep.max_repeats`` repeats. Every open variant gets its lowest repeat index not yet
-    held; the baseline gets every index an open variant gets, so the pairs stay complete.
-    """
-    names = [v.name for v in cfg.variants]
-    if not names:
-        return AutoPlan([], {}, [])
-    base, budget = names[0], int(cfg.sweep.max_repeats)
-    held, unfinished = held_repeats(trials)
-    record = dict(record or {})
-    verdicts = verdicts_for_study(
-        cfg, trials, DECISION_METRIC, decided_verdicts(record), bootstrap=False
-    )
-    enqueue: list[tuple[str, int]] = []
-    out: dict[str, dict[str, Any]] = {}
-    still_open: list[str] = []
-    for name in names[1:]:
-        v, got = verdicts[name], held.get(name, set())
-        before = record.get(name) if isinstance(record.get(name), Mapping) else {}
-        entry = {"repeats": len(got), "finished": v.n, "verdict": v.verdict, "stopped": ""}
-        if v.verdict != UNDECIDED:
-            decided_before = before.get("stopped") == "decided"
-            entry.update(stopped="decided", at=before.get("at") if decided_before else v.pairs)
-        elif len(got) >= budget:
-            entry["stopped"] = "budget spent"
-        else:
-            still_open.append(name)
-            if name not in unfinished:
-                repeat = min(set(range(budget)) - got)
-                enqueue.append((name, repeat))
-                entry["repeats"] += 1
-        out[name] = entry
-    base_got = held.get(base, set())
-    needed = sorted({r for _, r in enqueue} - base_got)
-    enqueue = [(base, r) for r in needed] + enqueue
-    finished_base = len(finished_values(trials, DECISION_METRIC, [base]).get(base, {}))
-    out[base] = {
-        "repeats": len(base_got) + len(needed),
-        "finished": finished_base,
-        "verdict": "baseline",
-        "stopped": "" if still_open else "every variant stopped",
-    }
-    record_out: dict[str, Any] = {name: out[name] for name in names}
-    # The rule this study runs under, so `report` computes the same levels without being told.
-    record_out[RULE_KEY] = {"min_repeats": cfg.sweep.min_repeats, "max_repeats": budget}
-    return AutoPlan(enqueue, record_out, still_open)
-
-
-def with_recorded_rule(cfg: Any, record: Mapping[str, Any] | None) -> Any:
-    """``cfg`` with the repeats=auto rule a study recorded, so its verdicts use the levels of
-    the looks it really took, whatever ``sweep.repeats`` the caller passed; else ``cfg``."""
-    import dataclasses
-
-    rule = (record or {}).get(RULE_KEY)
-    if not isinstance(rule, Mapping):
-        return cfg
-    sweep = dataclasses.replace(
-        cfg.sweep,
-        repeats="auto",
-        min_repeats=int(rule["min_repeats"]),
-        max_repeats=int(rule["max_repeats"]),
-    )
-    return dataclasses.replace(cfg, sweep=sweep)

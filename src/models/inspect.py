@@ -1,11 +1,12 @@
-"""Seeing inside the best trial's model, from its checkpoint: what seeds 002-004 drew by hand.
+"""Seeing inside a trained Keras model: what seeds 002-004 drew by hand.
 
 - Activation maps of every conv and pooling layer for one test image (seeds 002, 004).
 - Filter patterns: the input each of a few filters responds to most, found by gradient ascent
   from a grey image with faint noise, gradients normalised by their RMS + 1e-5 (seed 004).
 - Grids of correctly and wrongly classified test images (seed 003).
 
-Runs at the end of ``report`` with ``report.inspect=true``, on any Keras backend (the gradient
+Plain functions of a Keras model and images, usable from a notebook; ``report`` with
+``report.inspect=true`` draws them for a study's best trial. Any Keras backend (the gradient
 ascent has one small step function per backend; TensorFlow is imported for its own only).
 """
 
@@ -13,111 +14,19 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.console import Console
-
-from sweeps.config import RunConfig
-from sweeps.engine import RUN_ID_ATTR
-from sweeps.errors import SweepsError, one_line
 
 if TYPE_CHECKING:
     import keras
 
-    from sweeps.report import ReportOptions
-
-CHECKPOINT = "checkpoint/best.keras"  # where the trainer logs the best epoch's model
-MAX_TEST_IMAGES = 1000  # predicted for the example grids; enough to find wrong ones
 _POOLS = ("MaxPooling2D", "AveragePooling2D")
 _ACTIVATIONS = ("ReLU", "PReLU", "LeakyReLU", "Activation")
 # transfer.py maps [0, 1] RGB to VGG's input with a frozen 1x1 conv of this name: not a filter.
 _PREPROCESS = "vgg_preprocess"
-
-
-def inspect_best(
-    cfg: RunConfig,
-    study: Any,
-    tracker: Any | None,
-    out: Path,
-    options: ReportOptions,
-    console: Console,
-) -> list[Path]:
-    """Draws every figure for the study's best trial into ``out``; returns the files.
-
-    Skips (saying why, returning []) when there is no checkpoint or the data cannot be loaded.
-    """
-    best = study.best_trial
-    model = _load_checkpoint(best, tracker, console)
-    if model is None:
-        return []
-    from sweeps.data import DataError
-    from sweeps.runner import load_data
-
-    try:
-        data = load_data(cfg)
-    except (SweepsError, DataError) as exc:
-        console.print(
-            f"[yellow]inspect skipped[/yellow]: the data cannot be loaded ({one_line(exc)})"
-        )
-        return []
-    out.mkdir(parents=True, exist_ok=True)
-    x, y = sample_test_images(model, data.test, MAX_TEST_IMAGES)
-    pred = predict_classes(model, x)
-    console.print(
-        f"inspecting trial {best.number} ({_trial_label(best)}): test accuracy of the "
-        f"checkpoint on {len(y)} test images {np.mean(pred == y):.4f}"
-    )
-    paths = activation_grids(model, x[0], out, options.maps_per_layer)
-    layers = options.inspect_layers or pattern_layers(model)
-    paths += _patterns(model, layers, out, options, console)
-    names = data.class_names
-    paths += example_grid(
-        x, y, pred, names, pred == y, "correctly classified", out / "correct.png", options.examples
-    )
-    paths += example_grid(
-        x, y, pred, names, pred != y, "wrongly classified", out / "wrong.png", options.examples
-    )
-    return paths
-
-
-def _trial_label(trial: Any) -> str:
-    return ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "no parameters"
-
-
-def _load_checkpoint(trial: Any, tracker: Any | None, console: Console) -> keras.Model | None:
-    import keras
-
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if tracker is None or not run_id:
-        console.print(f"[yellow]inspect skipped[/yellow]: trial {trial.number} has no MLflow run")
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracker.download_artifact(run_id, CHECKPOINT, Path(tmp))
-        if path is None:
-            console.print(
-                f"[yellow]inspect skipped[/yellow]: run {run_id} of trial "
-                f"{trial.number} has no {CHECKPOINT} (tracking.log_checkpoint=false?)"
-            )
-            return None
-        return keras.saving.load_model(path, compile=False, safe_mode=True)  # no optimizer needed
-
-
-# -- test images ------------------------------------------------------------------------------
-
-
-def sample_test_images(model: keras.Model, split: Any, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``limit`` test images spread over the split, prepared as the trainer feeds them."""
-    from sweeps.data.arrays import prepare_images
-
-    idx = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).astype(int))
-    h, w, c = model.input_shape[1:]
-    # The pipelines' own preparation and rescale, without either pipeline: any backend.
-    x = prepare_images(split.x[idx], (h, w), c).astype("float32") / 255.0
-    return x, split.y[idx]
 
 
 def predict_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -349,27 +258,20 @@ def _deprocess(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 1)
 
 
-def _patterns(
-    model: keras.Model, layers: Sequence[str], out: Path, options: ReportOptions, console: Console
-) -> list[Path]:
-    paths = []
-    for name in layers:
-        try:
-            patterns = filter_patterns(
-                model, name, options.filters_per_layer, options.filter_steps, options.pattern_size
-            )
-        except ValueError as exc:  # an unknown layer, or a map that collapses at this size
-            console.print(f"[yellow]filter patterns of {name} skipped[/yellow]: {one_line(exc)}")
-            continue
-        fig, axes = _grid_figure(len(patterns), cols=8, cell=1.6)
-        for j, ax in enumerate(axes):
-            _show(ax, patterns[j])
-            ax.set_title(f"filter {j}", fontsize=7)
-        fig.suptitle(
-            f"{name}: filter patterns ({options.filter_steps} steps of gradient ascent)", fontsize=9
-        )
-        paths.append(_save(fig, out / f"filters_{_file(name)}.png"))
-    return paths
+def pattern_sheet(model: keras.Model, name: str, count: int, steps: int, size: int,
+                  out: Path) -> Path:  # fmt: skip
+    """The filter patterns of layer ``name`` drawn on one sheet in ``out``; returns the file.
+
+    Raises:
+        ValueError: an unknown layer, or a feature map that collapses at this size.
+    """
+    patterns = filter_patterns(model, name, count, steps, size)
+    fig, axes = _grid_figure(len(patterns), cols=8, cell=1.6)
+    for j, ax in enumerate(axes):
+        _show(ax, patterns[j])
+        ax.set_title(f"filter {j}", fontsize=7)
+    fig.suptitle(f"{name}: filter patterns ({steps} steps of gradient ascent)", fontsize=9)
+    return _save(fig, out / f"filters_{_file(name)}.png")
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
