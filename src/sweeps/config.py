@@ -19,7 +19,7 @@ from sweeps.backend import BACKENDS
 from sweeps.data import DataError, dataset_names, resolve_loader
 from sweeps.errors import ConfigError
 from sweeps.models import ModelConfigError, check_arguments, model_names, names, resolve_builder
-from sweeps.precision import PRECISIONS
+from sweeps.precision import PRECISIONS, choose
 from sweeps.space import Param, parse_space
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
@@ -426,6 +426,7 @@ def validate(cfg: RunConfig) -> None:
             "use sweep.mode=search"
         )
     _check_repeats(cfg)
+    _check_rows_differ(cfg)
     if cfg.sweep.mode == "search" and not cfg.space:
         raise ConfigError(
             f"sweep.mode=search but study '{cfg.study}' declares no search space (space:)"
@@ -441,6 +442,33 @@ def _check_repeats(cfg: RunConfig) -> None:
             f"sweep.min_repeats={sweep.min_repeats}, sweep.max_repeats={sweep.max_repeats}: "
             "sweep.repeats=auto needs 2 <= min_repeats <= max_repeats (a t test needs 2 runs)"
         )
+
+
+def _check_rows_differ(cfg: RunConfig) -> None:
+    """An ablation row that trains exactly what the baseline trains is refused.
+
+    Its differences would all be 0 (same seeds, same data order): no spread, no comparison.
+    Compared after ``train.precision`` is resolved on this host, so ``auto`` against the policy
+    it resolves to is caught too.
+    """
+    if cfg.sweep.mode != "ablation" or len(cfg.variants) < 2:
+        return
+
+    def resolved(overrides: Mapping[str, Any]) -> dict[str, Any]:
+        raw = apply_overrides(cfg.raw, overrides)
+        raw.pop("ablation", None)
+        train = raw.get("train") or {}
+        train["precision"] = choose(str(train.get("precision", "auto")))
+        return raw
+
+    base = cfg.variants[0]
+    baseline = resolved(base.overrides)
+    for v in cfg.variants[1:]:
+        if resolved(v.overrides) == baseline:
+            raise ConfigError(
+                f"ablation variant '{v.name}' trains exactly what '{base.name}' trains on this "
+                f"host (set: {v.overrides}): change what it sets, or remove the row"
+            )
 
 
 def own_builder(model: Mapping[str, Any]) -> str | None:
