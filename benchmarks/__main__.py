@@ -10,7 +10,8 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, render, write
 
-NAMES = ("overhead", "pruning", "workers", "startup", "liar", "answer", "packing", "backends")
+NAMES = ("overhead", "pruning", "workers", "startup", "liar", "answer", "packing", "backends",
+         "verdicts")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -771,7 +771,8 @@ def simulate(
         Every figure as ``{"estimate", "se"}`` (Monte Carlo standard error over studies):
         ``fwer`` (any row with no effect called better or worse), per row ``rows[i]`` (power:
         the right verdict; repeats; each verdict's share), pooled ``null`` (repeats, shares)
-        and ``at_delta`` (power of rows whose |effect| is delta), ``coverage`` (repeated
+        and ``at_delta`` (rows whose |effect| is delta: power, repeats, and the share stopped
+        for futility, at most beta by design), ``coverage`` (repeated
         interval at the family level, the reported interval, the P(>) interval, at the
         stopping look), and ``runs`` (training runs per study, baseline included).
     """
@@ -829,7 +830,11 @@ def simulate(
             "undecided": pooled(null, code == _BUDGET),
             "better_or_worse": pooled(null, wrong),
         },
-        "at_delta": {"power": pooled(at_delta, right), "repeats": pooled(at_delta, n)},
+        "at_delta": {
+            "power": pooled(at_delta, right),
+            "repeats": pooled(at_delta, n),
+            "no_effect": pooled(at_delta, code == _NOEFF),
+        },
         "coverage": {
             "rci": _estimate(in_rci.mean(axis=1)),
             "reported": _estimate(in_reported.mean(axis=1)),
