@@ -109,8 +109,14 @@ _WORD = {
     _NOEFF: NO_EFFECT,
     _BUDGET: UNDECIDED,
 }
-_STOP = {_OPEN: OPEN, _BETTER: DECIDED, _WORSE: DECIDED, _EQUIV: DECIDED, _NOEFF: FUTILITY,
-         _BUDGET: BUDGET}  # fmt: skip
+_STOP = {
+    _OPEN: OPEN,
+    _BETTER: DECIDED,
+    _WORSE: DECIDED,
+    _EQUIV: DECIDED,
+    _NOEFF: FUTILITY,
+    _BUDGET: BUDGET,
+}
 
 
 # -- the rule ----------------------------------------------------------------------------------
@@ -299,8 +305,9 @@ def _design(levels: tuple[float, ...], lo: int, hi: int, spend: str, sides: int)
             for g in range(len(levels)):
                 idx = np.flatnonzero(crossed[g])
                 if idx.size and inc[g, k] > 0:
-                    c[g] = _solve(s_all[idx, n - 2], q_all[idx, n - 2], n, sides,
-                                  inc[g, k], cum[g, k], c[g])  # fmt: skip
+                    c[g] = _solve(
+                        s_all[idx, n - 2], q_all[idx, n - 2], n, sides, inc[g, k], cum[g, k], c[g]
+                    )
         # Larger levels never get larger boundaries (guards Monte Carlo noise, conservatively).
         c = np.maximum.accumulate(c[::-1])[::-1]
         out[:, k] = c
@@ -310,8 +317,9 @@ def _design(levels: tuple[float, ...], lo: int, hi: int, spend: str, sides: int)
     return out
 
 
-def _solve(s: np.ndarray, q: np.ndarray, n: int, sides: int, inc: float, cum: float,
-           upper: float) -> float:  # fmt: skip
+def _solve(
+    s: np.ndarray, q: np.ndarray, n: int, sides: int, inc: float, cum: float, upper: float
+) -> float:
     """The boundary c at look n where first crossings spend ``inc``.
 
     First crossing = marginal crossing (exact, t distribution) - crossing after an earlier
@@ -443,14 +451,24 @@ class _Family:
     @classmethod
     def empty(cls, studies: int, rows: int) -> _Family:
         full = np.full((studies, rows), NAN)
-        return cls(np.zeros((studies, rows), dtype=np.int8), np.zeros((studies, rows), int),
-                   full.copy(), full.copy(), full.copy(), full.copy(), full.copy(), full.copy(),
-                   np.full((studies, rows), rows), np.zeros(studies, int),
-                   np.zeros(studies))  # fmt: skip
+        return cls(
+            np.zeros((studies, rows), dtype=np.int8),
+            np.zeros((studies, rows), int),
+            full.copy(),
+            full.copy(),
+            full.copy(),
+            full.copy(),
+            full.copy(),
+            full.copy(),
+            np.full((studies, rows), rows),
+            np.zeros(studies, int),
+            np.zeros(studies),
+        )
 
 
-def _step(rule: Rule, tab: _Tables, fam: _Family, n: np.ndarray, mean: np.ndarray,
-          sd: np.ndarray) -> None:  # fmt: skip
+def _step(
+    rule: Rule, tab: _Tables, fam: _Family, n: np.ndarray, mean: np.ndarray, sd: np.ndarray
+) -> None:
     """One look at every open row of every study: ``n``, ``mean``, ``sd`` of its differences.
 
     Rejects in Holm order at the levels the rows hold, recycling alpha; then stops the rest
@@ -499,8 +517,9 @@ def _step(rule: Rule, tab: _Tables, fam: _Family, n: np.ndarray, mean: np.ndarra
         futile &= np.abs(mean) <= half_f
     budget = live & ~equivalent & ~futile & (n >= tab.hi)
     half = np.where(equivalent, c_eq, np.where(futile, tab.fut[k], c_now)) * se
-    conf = np.where(equivalent, 1 - rule.alpha / m,
-                    np.where(futile, 1 - 2 * rule.beta, 1 - rule.alpha / j))  # fmt: skip
+    conf = np.where(
+        equivalent, 1 - rule.alpha / m, np.where(futile, 1 - 2 * rule.beta, 1 - rule.alpha / j)
+    )
     fam.low = np.where(live, mean - half, fam.low)
     fam.high = np.where(live, mean + half, fam.high)
     fam.confidence = np.where(live, np.where(testable, conf, NAN), fam.confidence)
@@ -573,8 +592,10 @@ class RowResult:
 
     def to_record(self) -> dict[str, Any]:
         """JSON-serialisable (nan as None)."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in dataclasses.asdict(self).items()}  # fmt: skip
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RowResult:
@@ -640,8 +661,9 @@ def look(
             continue
         n[0, i], mean[0, i], sd[0, i] = _differences_stats(diffs[name])
         if n[0, i] > rule.max_repeats:
-            raise ValueError(f"row {name!r}: {n[0, i]} differences, max_repeats is "
-                             f"{rule.max_repeats}")  # fmt: skip
+            raise ValueError(
+                f"row {name!r}: {n[0, i]} differences, max_repeats is {rule.max_repeats}"
+            )
     _step(rule, tab, fam, n, mean, sd)
     p_est, p_low, p_high = _p_better(rule, tab, fam)
     results: dict[str, RowResult] = {}
@@ -678,9 +700,7 @@ def look(
         "rejected": int(fam.rejected[0]),
         "p_max": float(fam.p_max[0]),
         # Holm weights: every row not rejected holds the same share, futile ones included.
-        "alpha_held": {
-            k: (0.0 if results[k].verdict in (BETTER, WORSE) else held) for k in names
-        },  # fmt: skip
+        "alpha_held": {k: (0.0 if results[k].verdict in (BETTER, WORSE) else held) for k in names},
         "stopped": {k: stopped[k].to_record() for k in names if k in stopped},
     }
     return results, new_state
@@ -692,8 +712,10 @@ def _note(rule: Rule, code: int, n: int, sd: float) -> str:
     if sd == 0:
         return NO_SPREAD
     if code == _NOEFF:
-        return (f"{1 - 2 * rule.beta:.0%} repeated interval inside +/-{rule.delta:g}: "
-                "no effect of that size (futility, non-binding)")  # fmt: skip
+        return (
+            f"{1 - 2 * rule.beta:.0%} repeated interval (each end a one-sided "
+            f"{1 - rule.beta:.0%} bound) inside +/-{rule.delta:g}: no effect of that size"
+        )
     if code == _EQUIV:
         return f"repeated interval inside +/-{rule.margin:g}"
     return ""
@@ -805,10 +827,18 @@ def simulate(
     in_p = (p_low <= truth) & (truth <= p_high)
     rows = []
     for i in range(m):
-        shares = {_WORD[c] if c != _BUDGET else "budget spent": _estimate(code[:, i] == c)
-                  for c in (_BETTER, _WORSE, _EQUIV, _NOEFF, _BUDGET)}  # fmt: skip
-        rows.append({"effect": float(eff[i]), "power": _estimate(right[:, i]) if eff[i] else None,
-                     "repeats": _estimate(n[:, i]), "verdicts": shares})  # fmt: skip
+        shares = {
+            _WORD[c] if c != _BUDGET else "budget spent": _estimate(code[:, i] == c)
+            for c in (_BETTER, _WORSE, _EQUIV, _NOEFF, _BUDGET)
+        }
+        rows.append(
+            {
+                "effect": float(eff[i]),
+                "power": _estimate(right[:, i]) if eff[i] else None,
+                "repeats": _estimate(n[:, i]),
+                "verdicts": shares,
+            }
+        )
 
     def pooled(mask: np.ndarray, values: np.ndarray) -> dict[str, float]:
         # Per-study mean over the selected rows: rows of one study are correlated.
