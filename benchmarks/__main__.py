@@ -10,17 +10,8 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, render, write
 
-NAMES = (
-    "overhead",
-    "pruning",
-    "workers",
-    "startup",
-    "liar",
-    "answer",
-    "packing",
-    "backends",
-    "spread",
-)
+NAMES = ("overhead", "pruning", "workers", "startup", "liar", "answer", "packing", "backends",
+         "spread", "verdicts")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
