@@ -12,7 +12,7 @@ Two parts, one invocation, one machine:
   bfloat16, run through the real CLI (``python -m sweeps run``, then ``report``) two ways:
   exhaustive (fixed ``sweep.repeats``, every epoch, float32) and fast (``sweep.repeats=auto``,
   ``train.patience``, ``train.precision=auto``). Verdicts are read back with
-  :func:`sweeps.verdict.verdicts_for_study`, the function the report prints from.
+  :func:`sweeps.verdict.verdicts_for_study` under the study's recorded rule, as the report does.
 
 The precision row answers "does mixed bfloat16 cost accuracy?": in the exhaustive way it is
 mixed bfloat16 against a float32 baseline, paired by seed, and should come out ``equivalent``
@@ -51,7 +51,7 @@ class Workload:
     cost_size: int
     cost_epochs: int
     cost_repeats: int
-    precision_row: bool = True
+    precision_row: bool = False  # a row equal to the baseline under auto is refused
 
 
 # Sized for about 40 minutes on a shared 2-core box: 300 images per split keep 30 exhaustive
@@ -253,10 +253,12 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
     study = optuna.load_study(study_name=cfg.sweep.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    decided = verdict.decided_verdicts(study.user_attrs.get(keys.AUTO_ATTR))
-    found = verdict.verdicts_for_study(cfg, trials, decided=decided)
+    rule = verdict.settle_rule(study, cfg, record=False)
+    metric = rule.metric if rule is not None else "test_acc"
+    state = (study.user_attrs.get(keys.AUTO_ATTR) or {}).get("_state")
+    found = verdict.verdicts_for_study(cfg, trials, metric, rule, state)
     names = [v.name for v in cfg.variants]
-    values = verdict.finished_values(trials, verdict.DECISION_METRIC, names)
+    values = verdict.paired_values(trials, metric, names)
     reasons: dict[str, int] = {}
     for t in done:
         why = str(t.user_attrs.get("stop_reason", "epochs"))

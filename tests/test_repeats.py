@@ -1,12 +1,7 @@
-"""``sweep.repeats=auto``: the sequential rule's error rates on simulated studies where the truth
-is known, and the real engine adding repeats only where the verdict is open, across a restart
-and several workers, with a scripted trainer.
-
-The simulation runs the rule the engine runs (``sweeps.verdict.decide`` at the levels of
-``sequential_levels``, a decided row standing, Holm across the variants), vectorised over
-thousands of studies. "Seed spread" is the standard deviation of one run's metric over seeds:
-each run is its variant's true accuracy plus independent normal noise of that spread, so a
-per-seed difference has sqrt(2) times the spread (no help from pairing: the hard case).
+"""``sweep.repeats=auto`` in the real engine: repeats added only where the recorded rule's verdict
+is open, across a restart and several workers, with a scripted trainer; the rule recorded at the
+first run and a resume that asks for another refused. The rule's error rates on simulated
+studies are in tests/test_design.py.
 """
 
 from __future__ import annotations
@@ -26,77 +21,27 @@ from conftest import compose
 from fakes import FakeTrainer
 from rich.console import Console
 
-from sweeps.keys import AUTO_ATTR
+from sweeps.keys import AUTO_ATTR, RULE_ATTR
 from sweeps.report import report_study
 from sweeps.runner import run_study
-from sweeps.stats.paired import TStats, decide, paired_stats
-from sweeps.stats.sequential import sequential_levels
 from sweeps.storage import open_storage
-from sweeps.verdict import verdicts_for_study
+from sweeps.verdict import RuleMismatch, settle_rule, verdicts_for_study
 
 MIN, MAX = 3, 10
-
-
-def simulate(effects: list[float], studies: int, spread: float, seed: int):
-    """Final verdict codes (studies x variants) and repeats used, under repeats=auto."""
-    rng = np.random.default_rng(seed)
-    levels = sequential_levels(MIN, MAX)
-    m = len(effects)
-    base = rng.normal(0.0, spread, (studies, 1, MAX))
-    runs = np.asarray(effects)[None, :, None] + rng.normal(0.0, spread, (studies, m, MAX))
-    diffs = runs - base
-    shape = (studies, m)
-    code, n = np.zeros(shape, dtype=int), np.full(shape, MIN)
-    stopped = np.zeros(shape, dtype=bool)
-    mean, se, df = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    for look in range(MIN, MAX + 1):
-        now = paired_stats(diffs[:, :, :look])
-        going = ~stopped  # a decided variant keeps its last statistics and its verdict
-        mean, se = np.where(going, now.mean, mean), np.where(going, now.se, se)
-        df, n = np.where(going, now.df, df), np.where(going, look, n)
-        level = np.vectorize(levels.get)(n)
-        found = decide(TStats(mean, se, df), level, margin=0.01).code
-        newly = going & (found != 0)
-        code, stopped = np.where(newly, found, code), stopped | newly
-    return code, n
-
-
-@pytest.mark.parametrize("variants,studies", [(1, 2000), (3, 400), (10, 200)])
-def test_no_real_effect_rarely_ends_better_or_worse(variants: int, studies: int) -> None:
-    code, n = simulate([0.0] * variants, studies, spread=0.01, seed=variants)
-    false_findings = np.isin(code, (1, 2)).mean()
-    assert false_findings <= 0.05, false_findings
-    assert n.mean() < MAX  # equivalent rows stop early
-
-
-@pytest.mark.parametrize("variants", [1, 3])
-def test_a_two_point_effect_at_a_one_point_spread_ends_better(variants: int) -> None:
-    code, n = simulate([0.02] * variants, 400, spread=0.01, seed=10 + variants)
-    assert (code == 1).mean() >= 0.90, (code == 1).mean()
-    assert not np.any(code == 2)
-    assert n.mean() < MAX  # it stops early, on average
-
-
-def test_looking_every_round_at_the_plain_level_would_err_too_often() -> None:
-    # The reason for the spending levels: the same rule at 0.05 per look errs above 5%.
-    rng = np.random.default_rng(5)
-    d = rng.normal(0, 0.014, (4000, MAX))
-    crossed = np.zeros(len(d), dtype=bool)
-    for look in range(MIN, MAX + 1):
-        crossed |= decide(paired_stats(d[:, None, :look]), 0.05, None).code[:, 0] > 0
-    assert crossed.mean() > 0.10
 
 
 # -- the engine ----------------------------------------------------------------------------------
 
 EFFECT = {"baseline": 0.0, "dropout": 0.0}
+NOISE = 0.05  # a seed spread of 5 points: no look can rule out an effect of delta (2 points)
 
 
 def _curve(effects: dict[str, float], spread: float):
     """val_acc of (variant, repeat): the variant's effect plus seeded noise of ``spread``."""
 
     def curve(spec) -> list[float]:
-        noise = np.random.default_rng([spec.repeat, spec.variant == "baseline"]).normal(0, spread)
+        stream = spec.repeat + (1000 if spec.variant == "baseline" else 0)  # independent arms
+        noise = np.random.default_rng(stream).normal(0, spread)
         best = 0.8 + effects[spec.variant] + noise
         return [best - 0.1, best]
 
@@ -140,23 +85,30 @@ def test_a_clear_effect_stops_at_the_first_rounds(store: Path) -> None:
         [(v, r, "COMPLETE") for v in ("baseline", "dropout") for r in range(at)]
     )
     assert len(trainer.specs) == 2 * at
-    assert verdicts_for_study(cfg, study.get_trials())["dropout"].verdict == "better"
-    # The report, asked without sweep.repeats=auto, uses the levels of the looks the study took.
+    rule = settle_rule(study, cfg, record=False)
+    state = record["_state"]
+    found = verdicts_for_study(cfg, study.get_trials(), "test_acc", rule, state)["dropout"]
+    assert found.verdict == "better" and found.low > 0  # the interval agrees with the verdict
+    assert found.p_adjusted <= 0.05 and found.p_better_low > 0.5
+    # The report reads the rule the study recorded; asked for another, it is refused.
     plain = compose("fashion_mnist_dropout", "sweep.mode=ablation", "train.epochs=2", store=store)
+    with pytest.raises(RuleMismatch, match=r"^sweep.repeats=3 asks for another decision rule"):
+        report_study(plain, console=Console(file=io.StringIO(), width=80))
     console = Console(file=io.StringIO(), width=80)
-    report_study(plain, console=console)
+    report_study(cfg, console=console)
     printed = console.file.getvalue()
     assert f"dropout {at} (better at {at} repeats)" in " ".join(printed.split())
-    assert max(len(line) for line in printed.splitlines()) <= 80
+    assert "graphical Holm group-sequential paired t" in " ".join(printed.split())
     with (store / "reports" / "fashion_mnist_dropout" / "ablation.csv").open() as fh:
         row = next(r for r in csv.DictReader(fh) if r["variant"] == "dropout")
-    assert float(row["test_acc_level"]) == pytest.approx(sequential_levels(MIN, MAX)[at])
+    assert float(row["test_acc_level"]) == pytest.approx(0.05)  # one row: it holds all of alpha
     assert row["test_acc_verdict"] == "better" and row["auto_stopped"] == f"better at {at} repeats"
+    assert float(row["test_acc_diff_low"]) > 0
 
 
-def test_pure_noise_runs_to_the_budget(store: Path) -> None:
+def test_wide_noise_runs_to_the_budget(store: Path) -> None:
     cfg = auto(store, "sweep.max_repeats=5")
-    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, 0.03))) == 0
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
     study = _study(cfg)
     record = study.user_attrs[AUTO_ATTR]
     assert record["dropout"] == {
@@ -164,22 +116,23 @@ def test_pure_noise_runs_to_the_budget(store: Path) -> None:
         "finished": 5,
         "verdict": "undecided",
         "stopped": "budget spent",
+        "at": 5,
     }
     assert record["baseline"]["repeats"] == 5
     assert len(_keys(study)) == 10
     # Rerunning a finished study adds nothing.
-    trainer = FakeTrainer(curve=_curve(EFFECT, 0.03))
+    trainer = FakeTrainer(curve=_curve(EFFECT, NOISE))
     assert run_study(cfg, trainer=trainer) == 0 and not trainer.specs
 
 
 def test_a_restart_mid_round_ends_where_one_run_would(store: Path) -> None:
     whole = auto(store, "sweep.max_repeats=5", "sweep.name=uninterrupted")
-    assert run_study(whole, trainer=FakeTrainer(curve=_curve(EFFECT, 0.03))) == 0
+    assert run_study(whole, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
     expected = _study(whole).user_attrs[AUTO_ATTR]
     assert expected["dropout"]["repeats"] > MIN  # the restart below falls in a later round
 
     cfg = auto(store, "sweep.max_repeats=5")
-    plain = _curve(EFFECT, 0.03)
+    plain = _curve(EFFECT, NOISE)
 
     def interrupted(spec) -> list[float]:
         if spec.number == 2 * MIN + 1:  # the second trial of the second round
@@ -201,7 +154,7 @@ def test_enqueueing_a_round_twice_adds_nothing_and_a_raced_duplicate_is_dropped(
     from sweeps.services import open_tracker
 
     cfg = auto(store, "sweep.max_repeats=4")
-    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, 0.03))) == 0
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
     study = _study(cfg)
     # Another worker that saw the same round enqueued one of its trials at the same instant.
     study.enqueue_trial({"ablation.variant": "dropout", "ablation.repeat": 3})
@@ -211,7 +164,7 @@ def test_enqueueing_a_round_twice_adds_nothing_and_a_raced_duplicate_is_dropped(
             cfg,
             storage=study._storage,
             tracker=tracker,
-            trainer=FakeTrainer(curve=_curve(EFFECT, 0.03)),
+            trainer=FakeTrainer(curve=_curve(EFFECT, NOISE)),
             sampler=optuna.samplers.RandomSampler(),
             pruner=optuna.pruners.NopPruner(),
         )
@@ -233,8 +186,9 @@ from fakes import FakeTrainer
 from sweeps.runner import run_study
 
 def curve(spec):
-    noise = np.random.default_rng([spec.repeat, spec.variant == "baseline"]).normal(0, 0.03)
-    return [0.7 + noise, 0.8 + noise]
+    stream = spec.repeat + (1000 if spec.variant == "baseline" else 0)
+    noise = np.random.default_rng(stream).normal(0, 0.05)
+    return [0.7 + noise, 0.8 + noise]  # 5-point noise: no early stop
 
 cfg = compose("fashion_mnist_dropout", "sweep.mode=ablation", "sweep.repeats=auto",
               "sweep.max_repeats=4", "train.epochs=2", store={store!r})
@@ -274,3 +228,49 @@ def test_two_workers_share_the_rounds(store: Path, tmp_path: Path) -> None:
     assert record["dropout"]["stopped"] == "budget spent"
     workers_seen = {t.user_attrs.get("sweeps.worker") for t in study.get_trials()}
     assert len(workers_seen - {None}) == 2  # both took trials
+
+
+def test_no_effect_at_a_small_spread_stops_for_futility(store: Path) -> None:
+    cfg = auto(store)
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, 0.002))) == 0
+    record = _study(cfg).user_attrs[AUTO_ATTR]
+    assert record["dropout"]["stopped"] == "futility"
+    assert record["dropout"]["verdict"] == "no effect >= delta"
+    assert record["dropout"]["at"] == MIN  # a 0.3-point spread settles it at the first look
+    rule = settle_rule(_study(cfg), cfg, record=False)
+    found = verdicts_for_study(cfg, _study(cfg).get_trials(), "test_acc", rule, record["_state"])
+    row = found["dropout"]
+    assert -rule.delta < row.low <= 0 <= row.high < rule.delta  # its interval says so
+
+
+def test_a_resume_that_asks_for_another_rule_is_refused(store: Path) -> None:
+    cfg = auto(store, "sweep.max_repeats=4")
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
+    recorded = _study(cfg).user_attrs[RULE_ATTR]
+    assert recorded["max_repeats"] == 4 and recorded["delta"] == 0.02
+    for override, key in (("sweep.max_repeats=10", "sweep.max_repeats=10"),
+                          ("report.delta=0.03", "report.delta=0.03"),
+                          ("report.margin=0.005", "report.margin=0.005"),
+                          ("report.alpha=0.1", "report.alpha=0.1")):  # fmt: skip
+        changed = auto(store, "sweep.max_repeats=4", override)
+        with pytest.raises(RuleMismatch) as caught:
+            run_study(changed, trainer=FakeTrainer())
+        message = str(caught.value)
+        assert message.startswith(f"{key} asks for another decision rule") and "\n" not in message
+        assert "sweep.name" in message
+    assert _study(cfg).user_attrs[RULE_ATTR] == recorded  # nothing was recomputed
+
+
+def test_the_cli_refuses_a_changed_rule_with_exit_code_2(store: Path) -> None:
+    cfg = auto(store, "sweep.max_repeats=4")
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps", "run", "+study=fashion_mnist_dropout",
+         "sweep.mode=ablation", "sweep.repeats=auto", "sweep.max_repeats=10",
+         "train.epochs=2", f"store_dir={store}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("sweeps: error")]
+    assert len(lines) == 1 and "sweep.max_repeats=10 asks for another decision rule" in lines[0]
+    assert "(max_repeats 4)" in lines[0]

@@ -135,20 +135,26 @@ def test_ablation_report_numbers(store: Path) -> None:
     assert float(drop["test_acc_ci_high"]) == pytest.approx(high)
     assert float(drop["test_acc_diff"]) == pytest.approx(0.86 - 0.81)
     # Paired by seed: differences 0.06, 0.03, 0.06, se 0.01, t = 5 on 2 df.
+    # One look (fixed repeats) at one row holding all of alpha: the repeated interval is the
+    # paired t interval itself, and the adjusted p-value the paired t-test's.
     paired = stats.ttest_rel(drop_acc, base_acc)
-    assert drop["test_acc_test"] == "paired t" and drop["test_acc_pairs"] == "3"
-    assert float(drop["test_acc_p_value"]) == pytest.approx(paired.pvalue)
-    assert float(drop["test_acc_p_value"]) == pytest.approx(2 * stats.t.sf(5.0, 2))
+    assert drop["test_acc_pairs"] == "3" and float(drop["test_acc_confidence"]) == 0.95
+    assert float(drop["test_acc_p_adjusted"]) == pytest.approx(paired.pvalue, rel=0.02)
+    assert float(drop["test_acc_p_adjusted"]) == pytest.approx(2 * stats.t.sf(5.0, 2), rel=0.02)
     ci = paired.confidence_interval(0.95)
-    assert float(drop["test_acc_diff_low"]) == pytest.approx(ci.low)
-    assert float(drop["test_acc_diff_high"]) == pytest.approx(0.05 + 4.302653 * 0.01)
-    assert float(drop["test_acc_p_holm"]) == float(drop["test_acc_p_value"])  # one variant
-    assert float(drop["test_acc_p_better"]) == 1.0  # it wins on every seed
-    assert drop["test_acc_verdict"] == "better" and drop["test_acc_claim"] == "confirmed"
+    assert float(drop["test_acc_diff_low"]) == pytest.approx(ci.low, rel=1e-3)
+    assert float(drop["test_acc_diff_high"]) == pytest.approx(0.05 + 4.302653 * 0.01, rel=1e-3)
+    assert float(drop["test_acc_level"]) == 0.05  # the one row holds all of alpha
+    # P(>) = Phi(mean / sd) = Phi(0.05 / 0.01732), with its interval around it.
+    assert float(drop["test_acc_p_better"]) == pytest.approx(stats.norm.cdf(0.05 / 0.0173205))
+    assert float(drop["test_acc_p_better_low"]) < float(drop["test_acc_p_better"])
+    assert drop["test_acc_verdict"] == "better" and drop["test_acc_stopped"] == "decided"
+    # The document's +0.46 points lie below the interval [+0.7, +9.3]: contradicted.
     assert float(drop["published_test_acc_diff"]) == pytest.approx(0.923 - 0.9184)
+    assert drop["test_acc_claim"] == "contradicted"
     assert 0.03 - 1e-9 <= float(drop["test_acc_boot_low"]) <= float(drop["test_acc_boot_high"])
     assert float(drop["test_acc_boot_high"]) <= 0.06 + 1e-9
-    assert base["test_acc_p_value"] == "" and base["test_acc_diff"] == ""
+    assert base["test_acc_p_adjusted"] == "" and base["test_acc_diff"] == ""
     assert base["test_acc_verdict"] == ""
     # val_acc = best val_acc: 0.80, 0.82, 0.84 and 0.86, 0.85, 0.90; its own t intervals.
     base_val, drop_val = [0.80, 0.82, 0.84], [0.86, 0.85, 0.90]
@@ -171,7 +177,8 @@ def test_ablation_report_numbers(store: Path) -> None:
     assert float(drop["test_loss_diff"]) == pytest.approx(-0.05)
     loss_ci = stats.ttest_rel(drop_loss, [1 - v for v in base_val]).confidence_interval()
     assert float(drop["test_loss_diff_high"]) == pytest.approx(loss_ci.high)
-    assert drop["test_loss_verdict"] == "better" and drop["test_loss_claim"] == "confirmed"
+    # Described, not decided: no verdict, no claim.
+    assert drop["test_loss_verdict"] == "" and drop["test_loss_claim"] == ""
     assert float(drop["published_test_acc"]) == 0.923
     assert float(drop["published_test_loss"]) == 0.2146
     assert float(base["published_test_acc"]) == 0.9184
@@ -183,16 +190,19 @@ def test_ablation_markdown_shows_published_numbers_beside_intervals(store: Path)
     run_study(cfg, trainer=FakeTrainer(curve=scripted))
     report_study(cfg, console=quiet())
     md = (store / "reports" / "fashion_mnist_dropout" / "ablation.md").read_text()
-    section = md.split("## test acc")[1].split("## ")[0]
+    section = md.split("## test acc: variant − baseline, paired by seed (the decision)")[1]
+    section = section.split("## ")[0]
     lines = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if "|" in line}
-    paired = stats.ttest_rel([0.85, 0.84, 0.89], [0.79, 0.81, 0.83]).pvalue
-    assert "| 3/3 | 0.8100 ± 0.0497 |" in lines["baseline"] and "| 0.9184 |" in lines["baseline"]
-    assert "| +0.0500 ± 0.0430 |" in lines["dropout"]
-    assert f"| paired t | {paired:.3f} | {paired:.3f} | 1.00 | better |" in lines["dropout"]
-    assert "| 0.9230 | +0.0046 | confirmed |" in lines["dropout"]
+    assert "| 3/3 |  | 0.8100 ± 0.0497 |" in lines["baseline"] and "| 0.9184 |" in lines["baseline"]
+    assert "| better at 3 repeats |" in lines["dropout"]
+    assert "| +0.0500 [+0.0070, +0.0930] | 95.00% |" in lines["dropout"]
+    assert "| better |" in lines["dropout"]
+    assert "| 0.9230 | +0.0046 | contradicted |" in lines["dropout"]
     loss = md.split("## test loss")[1]
+    assert "(described, not decided)" in loss.splitlines()[0]
     assert "0.2146" in loss and "0.4637" in loss and "| -0.0500 ± 0.0430 |" in loss
     assert "## val acc" in md and "## variants" in md
+    assert "graphical Holm group-sequential paired t" in md  # the recorded rule is named
 
 
 def test_report_is_logged_to_the_parent_run(store: Path) -> None:
@@ -217,13 +227,14 @@ def test_partial_study_marks_its_rows(store: Path) -> None:
     rows = read_csv(store / "reports" / "fashion_mnist_dropout" / "ablation.csv")
     assert (rows["baseline"]["n"], rows["baseline"]["status"]) == ("2", "1 waiting")
     assert (rows["dropout"]["n"], rows["dropout"]["status"]) == ("1", "2 waiting")
-    assert rows["dropout"]["test_acc_ci_low"] == "" and rows["dropout"]["test_acc_p_value"] == ""
-    assert rows["dropout"]["test_acc_diff"] == ""  # one run: no difference to speak of
+    assert rows["dropout"]["test_acc_ci_low"] == ""
+    assert rows["dropout"]["test_acc_p_adjusted"] == ""
     assert rows["dropout"]["test_acc_verdict"] == "undecided"
+    assert rows["dropout"]["test_acc_pairs"] == "1"
     printed = console.file.getvalue()
     assert "2/3 (1 waiting)" in printed and "1/3 (2 waiting)" in printed
     assert "n/a" in printed and "partial rows" in printed and "too few runs" in printed
-    assert "too few finished runs (1 here, 2 baseline)" in printed
+    assert "2 more complete pair(s) before the first look" in printed
 
 
 def test_nothing_finished_says_so(store: Path) -> None:
@@ -258,9 +269,12 @@ def test_report_command_exits_0_and_prints_published_numbers(store: Path) -> Non
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "0.9184" in done.stdout and "0.9230" in done.stdout and "ablation.png" in done.stdout
-    # Piped, the tables follow COLUMNS.
-    assert max(len(line) for line in done.stdout.splitlines()) <= 80
-    assert "better" in done.stdout and "confirmed" in done.stdout
+    # Piped, the tables are plain Markdown: one line per row, never wrapped.
+    tables = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert tables and all(line.endswith("|") for line in tables)
+    header = next(line for line in tables if line.startswith("| variant |"))
+    assert all(line.count(" | ") <= header.count(" | ") + 1 for line in tables)
+    assert "better" in done.stdout and "contradicted" in done.stdout
 
 
 def test_ablation_tables_fit_80_columns_without_splitting_a_number(store: Path) -> None:
@@ -271,16 +285,18 @@ def test_ablation_tables_fit_80_columns_without_splitting_a_number(store: Path) 
     cfg = compose("age_gap", "sweep.mode=ablation", "sweep.repeats=2", "train.epochs=2",
                   "data.root=unused", store=store)  # fmt: skip
     run_study(cfg, trainer=FakeTrainer(curve=curve))
-    console = Console(file=io.StringIO(), width=80)
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
     report_study(cfg, console=console)
     printed = console.file.getvalue()
     assert max(len(line) for line in printed.splitlines()) <= 80
     rows = read_csv(store / "reports" / "age_gap" / "ablation.csv")
     words = set(printed.split())
     for row in rows.values():  # every printed number is whole on one line
-        for key in ("published_test_acc", "published_val_acc", "published_test_loss"):
+        for key in ("published_val_acc", "published_test_loss"):  # described tables
             if row[key]:
                 assert f"{float(row[key]):.4f}" in words
+        if row["published_test_acc_diff"]:  # the decision's table: the published difference
+            assert f"{float(row['published_test_acc_diff']):+.4f}" in words
         if row["test_acc_diff"]:
             assert f"{float(row['test_acc_diff']):+.4f}" in words
     # Long variant names fold at their joints: "dropout_0.2" is never cut inside "0.2".

@@ -5,6 +5,7 @@ levels, and the config keys that steer them."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from sweeps.stats.paired import (
     welch_stats,
 )
 from sweeps.stats.sequential import obf_spending, sequential_levels
-from sweeps.verdict import compare_study, level_function
+from sweeps.verdict import measure, rule_of, verdicts_for_study
 
 VARIANT, BASE = [0.85, 0.84, 0.89], [0.79, 0.81, 0.83]  # per-seed differences 0.06, 0.03, 0.06
 
@@ -175,40 +176,80 @@ def test_sequential_levels_spend_alpha_over_the_looks() -> None:
     assert crossed.mean() == pytest.approx(0.05, abs=0.003)
 
 
-def test_level_function_follows_the_config() -> None:
-    fixed = level_function(compose("fashion_mnist_dropout", "sweep.repeats=3"))
-    assert fixed(3) == 0.05 and math.isnan(fixed(1))
-    auto = level_function(
-        compose("fashion_mnist_dropout", "sweep.repeats=auto", "sweep.max_repeats=6")
+def _trial(number: int, variant: str, repeat: int, acc: float, history=None):
+    """A finished ablation trial as Optuna stores it (the fields the verdicts read)."""
+    return SimpleNamespace(
+        number=number,
+        state=SimpleNamespace(name="COMPLETE"),
+        params={"ablation.variant": variant, "ablation.repeat": repeat},
+        system_attrs={},
+        user_attrs={"test_acc": acc, "val_acc": acc + 0.01, "history": history or []},
     )
-    assert math.isnan(auto(2)) and auto(3) == sequential_levels(3, 6)[3] and auto(9) == auto(6)
 
 
-def test_pairs_by_seed_and_falls_back_to_welch() -> None:
-    values = {
-        "baseline": {0: 0.79, 1: 0.81, 2: 0.83, 3: 0.80},  # an extra baseline seed is fine
-        "paired": {0: 0.85, 1: 0.84, 2: 0.89},
-        "lonely": {0: 0.85, 1: 0.84, 5: 0.89},  # seed 5 has no baseline partner
-        "short": {0: 0.9},
-    }
-    out = compare_study(values, "test_acc")
-    assert list(out) == ["paired", "lonely", "short"]
-    assert out["paired"].test == "paired t" and out["paired"].pairs == 3
-    assert out["paired"].p == pytest.approx(stats.ttest_rel(VARIANT, BASE).pvalue)
-    welch = stats.ttest_ind([0.85, 0.84, 0.89], list(values["baseline"].values()), equal_var=False)
-    assert out["lonely"].test == "Welch" and out["lonely"].p == pytest.approx(welch.pvalue)
-    assert "repeat 5" in out["lonely"].note
-    assert out["short"].verdict == UNDECIDED and "too few" in out["short"].note
-    # Holm over the two testable variants.
-    assert out["paired"].p_holm == pytest.approx(holm([out["paired"].p, out["lonely"].p])[0])
-    assert math.isnan(out["short"].p_holm)
+def _trials(rows: dict[str, list[float]]) -> list:
+    out = []
+    for name, values in rows.items():
+        out += [_trial(len(out) + i, name, r, v) for i, (r, v) in enumerate(enumerate(values))]
+    return [SimpleNamespace(**{**vars(t), "number": i}) for i, t in enumerate(out)]
 
 
-def test_a_decided_verdict_stands() -> None:
-    values = {"baseline": {0: 0.8, 1: 0.8, 2: 0.81}, "v": {0: 0.8, 1: 0.82, 2: 0.8}}
-    assert compare_study(values, "test_acc")["v"].verdict == UNDECIDED
-    kept = compare_study(values, "test_acc", decided={"v": BETTER})["v"]
-    assert kept.verdict == BETTER and "earlier look" in kept.note
+def test_the_rule_follows_the_config() -> None:
+    fixed = rule_of(compose("fashion_mnist_dropout", "sweep.repeats=4"))
+    assert (fixed.min_repeats, fixed.max_repeats, fixed.metric) == (4, 4, "test_acc")
+    auto = rule_of(compose("fashion_mnist_dropout", "sweep.repeats=auto", "sweep.max_repeats=6",
+                           "report.delta=0.03", "report.alpha=0.1"))  # fmt: skip
+    assert (auto.min_repeats, auto.max_repeats, auto.delta, auto.alpha) == (3, 6, 0.03, 0.1)
+    assert auto.direction == "maximize" and auto.margin == 0.01
+    loss = rule_of(compose("fashion_mnist_dropout", "sweep.repeats=3", "report.metric=test_loss",
+                           "report.margin=0.05", "report.delta=0.1"))  # fmt: skip
+    assert loss.direction == "minimize"
+    assert rule_of(compose("fashion_mnist_dropout", "sweep.repeats=1")) is None
+
+
+def test_a_look_decides_the_rule_metric_and_describes_the_others() -> None:
+    cfg = compose("fashion_mnist_dropout", "sweep.mode=ablation", "sweep.repeats=3")
+    trials = _trials({"baseline": BASE, "dropout": VARIANT})
+    rule = rule_of(cfg)
+    decided = verdicts_for_study(cfg, trials, "test_acc", rule)["dropout"]
+    assert decided.decision and decided.pairs == 3 and decided.diff == pytest.approx(0.05)
+    assert decided.confidence >= 0.95 and decided.low < decided.diff < decided.high
+    assert decided.verdict in (BETTER, UNDECIDED)
+    assert (decided.verdict == BETTER) == (decided.low > 0) == (decided.p_adjusted <= 0.05)
+    assert decided.p_better_low <= decided.p_better <= decided.p_better_high
+    described = verdicts_for_study(cfg, trials, "val_acc", rule)["dropout"]
+    assert not described.decision and described.verdict == "" and described.claim == ""
+    assert described.p == pytest.approx(stats.ttest_rel(VARIANT, BASE).pvalue)
+    assert described.confidence == 0.95
+
+
+def test_only_complete_pairs_enter() -> None:
+    cfg = compose("fashion_mnist_dropout", "sweep.mode=ablation", "sweep.repeats=3")
+    trials = _trials({"baseline": [0.79, 0.81], "dropout": VARIANT})  # baseline repeat 2 missing
+    found = verdicts_for_study(cfg, trials, "test_acc", rule_of(cfg))["dropout"]
+    assert found.pairs == 2 and found.verdict == UNDECIDED  # never Welch: the pair waits
+    assert "before the first look" in found.note
+
+
+def test_mean_of_the_last_epochs_is_a_measure() -> None:
+    history = [{"val_acc": v} for v in (0.5, 0.7, 0.8, 0.9)]
+    trial = _trial(0, "baseline", 0, 0.8, history)
+    assert measure(trial, "val_acc_last3") == pytest.approx(0.8)
+    assert measure(trial, "test_acc") == 0.8
+    assert math.isnan(measure(_trial(1, "baseline", 0, 0.8, history[:2]), "val_acc_last3"))
+
+
+def test_a_row_identical_to_the_baseline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'same' trains exactly what 'baseline' trains"):
+        compose("fashion_mnist_dropout", "sweep.mode=ablation",
+                "+ablation.variants=[{name: same, set: {model.dense_dropout: 0.0}}]")  # fmt: skip
+    # auto against the policy it resolves to on this host is the same training too.
+    from sweeps.precision import choose
+
+    resolved = choose("auto")
+    with pytest.raises(ConfigError, match="trains exactly what"):
+        row = f"{{name: p, set: {{train.precision: {resolved}}}}}"
+        compose("fashion_mnist_dropout", "sweep.mode=ablation", f"+ablation.variants=[{row}]")
 
 
 def test_config_keys_are_checked() -> None:
@@ -225,3 +266,12 @@ def test_config_keys_are_checked() -> None:
         compose("fashion_mnist_dropout", "sweep.repeats=auto", "sweep.max_repeats=2")
     with pytest.raises(ConfigError, match="report.margin"):
         compose("fashion_mnist_dropout", "report.margin=0")
+    with pytest.raises(ConfigError, match="margin <= delta"):
+        compose("fashion_mnist_dropout", "report.margin=0.03")
+    with pytest.raises(ConfigError, match="report.alpha"):
+        compose("fashion_mnist_dropout", "report.alpha=1.5")
+    with pytest.raises(ConfigError, match="report.metric='accuracy'"):
+        compose("fashion_mnist_dropout", "report.metric=accuracy")
+    assert compose("fashion_mnist_dropout", "report.metric=val_acc_last3").report.metric == (
+        "val_acc_last3"
+    )

@@ -15,6 +15,7 @@ from sweeps.config import RunConfig
 from sweeps.keys import AUTO_ATTR, REPEAT_PARAM, VARIANT_PARAM, ablation_key, frozen
 from sweeps.ledger import Ledger
 from sweeps.repeat_plan import auto_plan
+from sweeps.stats.design import Rule
 
 log = logging.getLogger("sweeps.engine")
 
@@ -26,10 +27,11 @@ class AblationQueue:
         cfg: The validated config (its variants and repeats).
         study: The Optuna study.
         ledger: The study's counts, shared with the study loop.
+        rule: The study's recorded decision rule (repeats=auto decides by it).
     """
 
-    def __init__(self, cfg: RunConfig, study: Any, ledger: Ledger) -> None:
-        self.cfg, self.study, self.ledger = cfg, study, ledger
+    def __init__(self, cfg: RunConfig, study: Any, ledger: Ledger, rule: Rule | None) -> None:
+        self.cfg, self.study, self.ledger, self.rule = cfg, study, ledger, rule
 
     def enqueue_first_round(self) -> int:
         """Enqueues every variant x first-round repeat not already in the study; returns how
@@ -63,9 +65,11 @@ class AblationQueue:
         What each variant got and why it stopped is recorded in the study's user attribute
         ``sweeps.auto_repeats``. Returns the trials enqueued.
         """
+        if self.rule is None:
+            return 0
         trials = self.study.get_trials(deepcopy=False)
         record = self.study.user_attrs.get(AUTO_ATTR)
-        plan = auto_plan(self.cfg, trials, record)
+        plan = auto_plan(self.cfg, self.rule, trials, record)
         if plan.record != record:
             self.study.set_user_attr(AUTO_ATTR, plan.record)
         added = self.enqueue(plan.enqueue)

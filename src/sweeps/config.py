@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,13 @@ class ReportConfig:
     """What ``report`` computes and draws (see conf/config.yaml)."""
 
     top_k: int = 10
-    # Ablation: half-width of the equivalence band, in accuracy (0.01 = 1 point).
+    # Ablation's decision rule (sweeps.stats.design), recorded at the study's first run:
+    # the metric decided on, the family-wise error, the equivalence band and the smallest
+    # effect of interest (futility), in the metric's units (0.01 = 1 accuracy point).
+    metric: str = "test_acc"
+    alpha: float = 0.05
     margin: float = 0.01
+    delta: float = 0.02
     inspect: bool = False
     inspect_layers: list[str] | None = None
     filter_steps: int = 40
@@ -242,7 +248,23 @@ def _report(raw: Mapping[str, Any] | None) -> ReportConfig:
         raise ConfigError(
             f"report.margin={margin!r}: must be a number > 0 and < 1 (accuracy, 0.01 = 1 point)"
         )
-    return dataclasses.replace(report, margin=float(margin))
+    for key in ("alpha", "delta"):
+        value = getattr(report, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"report.{key}={value!r}: must be a number > 0 and < 1")
+    if not margin <= report.delta:
+        raise ConfigError(
+            f"report.margin={margin}, report.delta={report.delta}: the equivalence band must "
+            "not be wider than the smallest effect of interest (margin <= delta)"
+        )
+    if not re.fullmatch(r"(test|val|train)_(acc|loss|macro_f1)(_last\d+)?", str(report.metric)):
+        raise ConfigError(
+            f"report.metric={report.metric!r}: test_acc, val_acc, test_loss, val_loss, "
+            "test_macro_f1, or METRIC_lastK (the mean of the last K epochs, e.g. val_acc_last3)"
+        )
+    return dataclasses.replace(
+        report, margin=float(margin), alpha=float(report.alpha), delta=float(report.delta)
+    )
 
 
 def _check_renamed(train: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from sweeps.signals import Interrupted, raise_if_stopped
 from sweeps.space import signature
 from sweeps.tracking import FINISHED, KILLED
 from sweeps.trial import TrialOutcome, TrialSpec
+from sweeps.verdict import settle_rule
 
 log = logging.getLogger("sweeps.engine")
 
@@ -117,10 +118,12 @@ class Engine:
                 max_retry=cfg.storage.max_retries
             )
         self.ledger = Ledger(self.study, ablation=cfg.sweep.mode == "ablation")
-        self.ablation = AblationQueue(cfg, self.study, self.ledger)
         self.recovery = Recovery(tracker, retry)
         self._waiting_said = False
         check_identity(self.study, cfg)
+        ablation = cfg.sweep.mode == "ablation"
+        self.rule = settle_rule(self.study, cfg, record=True) if ablation else None
+        self.ablation = AblationQueue(cfg, self.study, self.ledger, self.rule)
         self.parent_run = tracker.parent_run(cfg.sweep.name, self._common_tags())
         if self.study.user_attrs.get(PARENT_RUN_ATTR) != self.parent_run:
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run)

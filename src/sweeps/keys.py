@@ -14,6 +14,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow 
 WORKER_ATTR = "sweeps.worker"  # trial user attr: "host:pid" of the process running it
 SPURIOUS_ATTR = "sweeps.spurious"  # trial user attr: dropped unrun (surplus or a duplicate)
 AUTO_ATTR = "sweeps.auto_repeats"  # study user attr: repeats=auto's record, per variant
+RULE_ATTR = "sweeps.rule"  # study user attr: the decision rule recorded at the first run
 VARIANT_PARAM, REPEAT_PARAM = "ablation.variant", "ablation.repeat"
 
 

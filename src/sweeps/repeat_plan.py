@@ -1,27 +1,24 @@
 """repeats=auto's plan: after each round, which rows get another repeat and which stopped.
 
-The study's bookkeeping around the verdicts (:mod:`sweeps.verdict`): which repeats the study
-holds, what to queue next so every pair stays complete, and the record of the rule the study
-runs under, kept in the study so every later command decides with the same levels.
+The study's bookkeeping around the decision (:mod:`sweeps.verdict`): the repeats the study
+holds, one look of the recorded rule at every row's complete pairs, and what to queue next so
+that every pair stays complete. The look's state is kept in the study (``sweeps.auto_repeats``)
+with, per row, what it holds and why it stopped, so every worker, after any restart, finds the
+same next round and ``report`` the same verdicts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sweeps.config import RunConfig
 from sweeps.keys import SPURIOUS_ATTR, ablation_key, replaced_numbers
-from sweeps.verdict import (
-    DECISION_METRIC,
-    UNDECIDED,
-    decided_verdicts,
-    finished_values,
-    verdicts_for_study,
-)
+from sweeps.stats.design import Rule, look, needs_more
+from sweeps.verdict import pair_differences, paired_values
 
-RULE_KEY = "_rule"  # in the study's record: the min_repeats and max_repeats it ran under
+STATE_KEY = "_state"  # in the study's record: the look state of sweeps.stats.design
 
 
 @dataclass(frozen=True)
@@ -30,14 +27,14 @@ class AutoPlan:
 
     Attributes:
         enqueue: ``(variant, repeat)`` to queue now (the baseline's included).
-        record: Per variant: ``repeats`` it holds (with this round), ``finished`` runs,
-            ``stopped`` (``decided``, ``budget spent``, or ``""`` while open), ``verdict``
-            and ``at`` (the repeats it was decided at).
-        open: Variants still undecided.
+        record: Per variant: ``repeats`` it holds (with this round), ``finished`` pairs,
+            ``stopped`` (``decided``, ``futility``, ``budget spent``, or ``""`` while open),
+            ``verdict`` and ``at`` (the pairs it stopped at); and the look state.
+        open: Variants still open.
     """
 
     enqueue: list[tuple[str, int]]
-    record: dict[str, dict[str, Any]]
+    record: dict[str, Any]
     open: list[str]
 
 
@@ -59,68 +56,50 @@ def held_repeats(trials: Sequence[Any]) -> tuple[dict[str, set[int]], set[str]]:
     return held, unfinished
 
 
-def auto_plan(cfg: Any, trials: Sequence[Any], record: Mapping[str, Any] | None = None) -> AutoPlan:
+def auto_plan(
+    cfg: RunConfig, rule: Rule, trials: Sequence[Any], record: Mapping[str, Any] | None = None
+) -> AutoPlan:
     """What repeats=auto does after a round: who gets another repeat, who stopped and why.
 
-    A variant stops once its verdict on :data:`DECISION_METRIC` is reached (it then stands,
-    whatever later rounds of other variants do to Holm's correction) or once it holds
-    ``sweep.max_repeats`` repeats. Every open variant gets its lowest repeat index not yet
-    held; the baseline gets every index an open variant gets, so the pairs stay complete.
+    One look of ``rule`` at every row's complete pairs (rows stopped at an earlier look stand).
+    Every open row gets its lowest repeat index not yet held, up to ``max_repeats``; the
+    baseline gets every index a row holds, so no pair waits for a missing baseline repeat.
     """
     names = [v.name for v in cfg.variants]
-    if not names:
+    if len(names) < 2:
         return AutoPlan([], {}, [])
-    base, budget = names[0], int(cfg.sweep.max_repeats)
+    base, rows, budget = names[0], names[1:], rule.max_repeats
     held, unfinished = held_repeats(trials)
     record = dict(record or {})
-    verdicts = verdicts_for_study(
-        cfg, trials, DECISION_METRIC, decided_verdicts(record), bootstrap=False
-    )
+    values = paired_values(trials, rule.metric, names)
+    results, state = look(rule, pair_differences(values, base, rows), record.get(STATE_KEY))
     enqueue: list[tuple[str, int]] = []
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     still_open: list[str] = []
-    for name in names[1:]:
-        v, got = verdicts[name], held.get(name, set())
-        before = record.get(name) if isinstance(record.get(name), Mapping) else {}
-        entry = {"repeats": len(got), "finished": v.n, "verdict": v.verdict, "stopped": ""}
-        if v.verdict != UNDECIDED:
-            decided_before = before.get("stopped") == "decided"
-            entry.update(stopped="decided", at=before.get("at") if decided_before else v.pairs)
-        elif len(got) >= budget:
-            entry["stopped"] = "budget spent"
-        else:
+    for name in rows:
+        row, got = results[name], held.get(name, set())
+        entry = {"repeats": len(got), "finished": row.n, "verdict": row.verdict,
+                 "stopped": row.stopped}  # fmt: skip
+        if row.stopped:
+            entry["at"] = row.n
+        elif needs_more(row) and len(got) < budget:
             still_open.append(name)
             if name not in unfinished:
-                repeat = min(set(range(budget)) - got)
-                enqueue.append((name, repeat))
+                enqueue.append((name, min(set(range(budget)) - got)))
                 entry["repeats"] += 1
+        elif needs_more(row):
+            entry["stopped"] = "budget spent"  # every repeat held; some never finished
         out[name] = entry
     base_got = held.get(base, set())
-    needed = sorted({r for _, r in enqueue} - base_got)
+    wanted = set().union(*(held.get(n, set()) for n in rows), {r for _, r in enqueue})
+    needed = sorted(wanted - base_got)
     enqueue = [(base, r) for r in needed] + enqueue
-    finished_base = len(finished_values(trials, DECISION_METRIC, [base]).get(base, {}))
     out[base] = {
         "repeats": len(base_got) + len(needed),
-        "finished": finished_base,
+        "finished": len(values.get(base, {})),
         "verdict": "baseline",
         "stopped": "" if still_open else "every variant stopped",
     }
     record_out: dict[str, Any] = {name: out[name] for name in names}
-    # The rule this study runs under, so `report` computes the same levels without being told.
-    record_out[RULE_KEY] = {"min_repeats": cfg.sweep.min_repeats, "max_repeats": budget}
+    record_out[STATE_KEY] = state
     return AutoPlan(enqueue, record_out, still_open)
-
-
-def with_recorded_rule(cfg: Any, record: Mapping[str, Any] | None) -> Any:
-    """``cfg`` with the repeats=auto rule a study recorded, so its verdicts use the levels of
-    the looks it really took, whatever ``sweep.repeats`` the caller passed; else ``cfg``."""
-    rule = (record or {}).get(RULE_KEY)
-    if not isinstance(rule, Mapping):
-        return cfg
-    sweep = dataclasses.replace(
-        cfg.sweep,
-        repeats="auto",
-        min_repeats=int(rule["min_repeats"]),
-        max_repeats=int(rule["max_repeats"]),
-    )
-    return dataclasses.replace(cfg, sweep=sweep)

@@ -27,6 +27,7 @@ from sweeps.report_files import table_console
 from sweeps.report_inspect import inspect_best
 from sweeps.report_search import report_search
 from sweeps.storage import resolve_url
+from sweeps.verdict import settle_rule
 
 
 def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
@@ -58,7 +59,9 @@ def report_study(cfg: RunConfig, console: Console | None = None) -> list[Path]:
         files: list[tuple[Path, str]] = []
         if any(t.state.name == "COMPLETE" for t in ablation):
             auto = study.user_attrs.get(AUTO_ATTR)
-            files += report_ablation(cfg, ablation, out, console, tracker, auto)
+            rule = settle_rule(study, cfg, record=False)
+            piped = not console.is_terminal  # a pipe or a CI log: Markdown, not box drawing
+            files += report_ablation(cfg, ablation, out, console, tracker, auto, rule, piped)
         if search:
             files += report_search(cfg, study, search, options.top_k, out, console)
         if options.inspect:  # loads the checkpoints: the only part of a report that runs Keras

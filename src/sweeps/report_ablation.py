@@ -1,12 +1,14 @@
 """The ablation half of `report`: a verdict per variant, beside the document's numbers.
 
-Per metric (test accuracy, validation accuracy, test loss) one row per variant: runs finished,
-the difference to the baseline paired by seed with its 95% t interval, the Holm-corrected
-p-value, P(variant beats baseline), the verdict (better, worse, equivalent, undecided, with the
-repeats that would decide it), the document's number and whether its claim is confirmed,
-contradicted or open. The statistics are in :mod:`sweeps.verdict`. Printed to fit 80 columns
-(one table per metric), and written in full as CSV, Markdown and a PNG (paired differences
-with their intervals and the equivalence band, mean learning curves).
+The decision metric's table (the study's recorded rule, :mod:`sweeps.verdict`) gives per
+variant: the pairs it ran and why it stopped, the paired difference to the baseline with its
+repeated confidence interval, the family-adjusted p-value, P(variant beats baseline) with its
+interval, the verdict (better, worse, equivalent, no effect >= delta, undecided), the
+document's difference and whether it is consistent with the interval. The other metrics (test
+and validation accuracy, test loss) are described beside it: paired difference, 95% t interval,
+unadjusted p-value, no verdict. Printed to fit the terminal, and written in full as CSV,
+Markdown and a PNG (paired differences with their intervals and the equivalence band, mean
+learning curves).
 """
 
 from __future__ import annotations
@@ -25,19 +27,13 @@ from rich.table import Table
 
 from sweeps.config import RunConfig, Variant
 from sweeps.keys import RUN_ID_ATTR, SPURIOUS_ATTR, ablation_key, replaced_numbers
-from sweeps.repeat_plan import with_recorded_rule
+from sweeps.repeat_plan import STATE_KEY
 from sweeps.report_files import number, pyplot, write_csv
+from sweeps.stats.design import Rule
 from sweeps.stats.summary import NAN, mean_ci, mean_curve
-from sweeps.verdict import (
-    ALPHA,
-    DECISION_METRIC,
-    UNDECIDED,
-    Verdict,
-    decided_verdicts,
-    verdicts_for_study,
-)
+from sweeps.verdict import UNDECIDED, Verdict, measure, verdicts_for_study
 
-METRICS = ("test_acc", "val_acc", "test_loss", "train_acc")  # all in the CSV
+DESCRIBED = ("test_acc", "val_acc", "test_loss", "train_acc")  # in the CSV beside the decision
 SHOWN = ("test_acc", "val_acc", "test_loss")  # printed, in the Markdown and the PNG (accuracies)
 LABELS = {
     "test_acc": "test acc",
@@ -47,6 +43,23 @@ LABELS = {
 }
 
 
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric.replace("_", " "))
+
+
+def decision_metric(rule: Rule | None) -> str:
+    return rule.metric if rule is not None else "test_acc"
+
+
+def metrics_of(rule: Rule | None) -> tuple[list[str], list[str]]:
+    """The metrics in the CSV and the ones printed: the decision metric first."""
+    first = decision_metric(rule)
+    return [first, *(m for m in DESCRIBED if m != first)], [
+        first,
+        *(m for m in SHOWN if m != first),
+    ]
+
+
 def report_ablation(
     cfg: RunConfig,
     trials: list[Any],
@@ -54,26 +67,35 @@ def report_ablation(
     console: Console,
     tracker: Any | None,
     auto: Mapping[str, Any] | None = None,
+    rule: Rule | None = None,
+    markdown: bool = False,
 ) -> list[tuple[Path, str]]:
-    """The per-metric verdict tables, printed and written as CSV, Markdown and PNG.
+    """The decision table and the described metrics, printed and written as CSV, Markdown, PNG.
 
     Args:
         auto: The study's repeats=auto record (``sweeps.keys.AUTO_ATTR``), if any.
+        rule: The study's recorded decision rule (None: a single repeat, nothing decided).
+        markdown: Print Markdown tables (a pipe or a CI log) instead of the terminal's.
     """
-    cfg = with_recorded_rule(cfg, auto)
     runs = variant_runs(trials, cfg.variants)
-    rows = ablation_rows(cfg, runs, trials, auto)
+    rows = ablation_rows(cfg, runs, trials, auto, rule)
     curves = {r.variant.name: mean_curve(_val_curves(r.complete, tracker)) for r in runs}
     title = f"ablation of {cfg.sweep.name}: each variant against the baseline, paired by seed"
     console.print(f"[bold]{title}[/bold] (test metrics of each run's best-val_acc epoch)")
-    for metric in SHOWN:
+    for metric in metrics_of(rule)[1]:
+        decided = rule is not None and metric == rule.metric
         console.print()
-        console.print(_rich_table(metric, rows, console.width))
-    _legend_lines(cfg, rows, console.print)
+        if markdown:
+            console.print(f"{_title(metric, decided)}\n", markup=False, highlight=False)
+            for line in _md_table(_md_headers(decided), [_md_cells(r, metric) for r in rows]):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(_rich_table(metric, rows, console.width, decided))
+    _legend_lines(cfg, rows, console.print, rule)
     paths = [
         write_csv(rows, out / "ablation.csv"),
-        write_markdown(cfg, title, rows, out / "ablation.md"),
-        plot_ablation(rows, curves, cfg.report.margin, out / "ablation.png"),
+        write_markdown(cfg, title, rows, out / "ablation.md", rule),
+        plot_ablation(rows, curves, cfg.report.margin, out / "ablation.png", rule),
     ]
     return [(p, "report") for p in paths]
 
@@ -151,58 +173,68 @@ def ablation_rows(
     runs: Sequence[VariantRuns],
     trials: Sequence[Any],
     auto: Mapping[str, Any] | None = None,
+    rule: Rule | None = None,
 ) -> list[dict[str, Any]]:
-    """One flat row per variant: counts, each metric's own mean and interval, its verdict
-    against the baseline, the published numbers, and (repeats=auto) why it stopped."""
+    """One flat row per variant: counts, each metric's own mean and interval, the decision
+    (or the description) against the baseline, the published numbers, why a row stopped."""
     base = runs[0]
     auto = dict(auto or {})
-    verdicts = {
-        m: verdicts_for_study(cfg, trials, m, decided_verdicts(auto) if auto else None)
-        for m in METRICS
-    }
+    state = auto.get(STATE_KEY) if cfg.sweep.auto_repeats else None
+    metrics, shown = metrics_of(rule)
+    verdicts = {m: verdicts_for_study(cfg, trials, m, rule, state) for m in metrics}
     rows = []
     for r in runs:
         name = r.variant.name
         row: dict[str, Any] = {"variant": name, "n": len(r.complete), "repeats": r.repeats}
         row["status"] = r.status
-        for m in METRICS:
-            mean, low, high = mean_ci(metric_values(r.complete, m))
+        for m in metrics:
+            mean, low, high = mean_ci([measure(t, m) for t in r.complete if _has(t, m)])
             row.update({f"{m}_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high})
             row.update(_verdict_columns(m, verdicts[m].get(name)))
             row[f"published_{m}"] = r.variant.published.get(m, NAN)
         counts = [t.user_attrs["param_count"] for t in r.complete if "param_count" in t.user_attrs]
         row["param_count"] = counts[0] if counts else None
         entry = auto.get(name) if isinstance(auto.get(name), Mapping) else {}
+        decided = verdicts[metrics[0]].get(name)
         row["auto_repeats"] = entry.get("repeats", "")
-        row["auto_stopped"] = _stopped_text(entry)
+        row["auto_stopped"] = _stopped_text(entry) if entry else _stopped_text(
+            {"stopped": decided.stopped, "verdict": decided.verdict, "at": decided.pairs}
+            if decided is not None else {}
+        )  # fmt: skip
         notes = [r.variant.note, *sorted(set(r.reasons))]
-        for m in SHOWN:
+        for m in shown:
             v = verdicts[m].get(name)
             if v is not None and v.note:
-                notes.append(f"{LABELS[m]}: {v.note}")
+                notes.append(f"{label(m)}: {v.note}")
         row["note"] = "; ".join(n for n in notes if n)
         row["baseline"] = r is base
         rows.append(row)
     return rows
 
 
+def _has(trial: Any, metric: str) -> bool:
+    return not math.isnan(measure(trial, metric))
+
+
 def _verdict_columns(metric: str, v: Verdict | None) -> dict[str, Any]:
     """The CSV columns of one metric's verdict; empty (nan) for the baseline."""
-    v = v or Verdict(variant="", metric=metric, n=0, n_base=0, verdict="")
+    v = v or Verdict(variant="", metric=metric)
     return {
         f"{metric}_diff": v.diff,
         f"{metric}_diff_low": v.low,
         f"{metric}_diff_high": v.high,
+        f"{metric}_confidence": v.confidence,
         f"{metric}_boot_low": v.boot_low,
         f"{metric}_boot_high": v.boot_high,
-        f"{metric}_test": v.test,
         f"{metric}_pairs": v.pairs if v.variant else "",
         f"{metric}_p_value": v.p,
-        f"{metric}_p_holm": v.p_holm,
-        f"{metric}_p_equiv_holm": v.p_equiv_holm,
+        f"{metric}_p_adjusted": v.p_adjusted,
         f"{metric}_level": v.level,
         f"{metric}_p_better": v.p_better,
+        f"{metric}_p_better_low": v.p_better_low,
+        f"{metric}_p_better_high": v.p_better_high,
         f"{metric}_verdict": v.verdict,
+        f"{metric}_stopped": v.stopped,
         f"{metric}_repeats_needed": "" if v.repeats_needed is None else v.repeats_needed,
         f"published_{metric}_diff": v.published_diff,
         f"{metric}_claim": v.claim,
@@ -211,7 +243,7 @@ def _verdict_columns(metric: str, v: Verdict | None) -> dict[str, Any]:
 
 def _stopped_text(entry: Mapping[str, Any]) -> str:
     stopped = str(entry.get("stopped") or "")
-    if stopped == "decided":
+    if stopped in ("decided", "futility"):
         return f"{entry.get('verdict')} at {entry.get('at')} repeats"
     return stopped
 
@@ -248,9 +280,9 @@ def _share(p: float) -> str:
 
 def _verdict_text(row: dict[str, Any], metric: str) -> str:
     verdict = row[f"{metric}_verdict"]
-    if verdict == UNDECIDED and math.isnan(row[f"{metric}_p_value"]):
+    if verdict == UNDECIDED and row[f"{metric}_pairs"] in ("", 0, 1):
         return "too few runs"
-    return verdict
+    return verdict or "—"
 
 
 def _needed(row: dict[str, Any], metric: str) -> str:
@@ -258,31 +290,55 @@ def _needed(row: dict[str, Any], metric: str) -> str:
     return "" if needed == "" else f"~{needed}"
 
 
-_HEADERS = ("variant", "runs", "Δ", "± 95%", "p Holm", "P(>)", "verdict", "need", "pub.", "claim")
-_RIGHT = {"runs", "Δ", "± 95%", "p Holm", "P(>)", "need", "pub."}
+def _p_better_text(row: dict[str, Any], metric: str, decided: bool) -> str:
+    share = _share(row[f"{metric}_p_better"])
+    low, high = row[f"{metric}_p_better_low"], row[f"{metric}_p_better_high"]
+    if not decided or math.isnan(low):
+        return share
+    return f"{share} ({low:.2f}-{high:.2f})"
 
 
-def _cells(row: dict[str, Any], metric: str) -> list[str]:
+def _headers(decided: bool) -> tuple[str, ...]:
+    if decided:
+        return ("variant", "runs", "Δ", "± RCI", "p adj", "P(>)", "verdict", "pub. Δ", "claim")
+    return ("variant", "runs", "Δ", "± 95%", "p", "P(>)", "pub.")
+
+
+_RIGHT = {"runs", "Δ", "± 95%", "± RCI", "p adj", "p", "P(>)", "pub.", "pub. Δ"}
+
+
+def _cells(row: dict[str, Any], metric: str, decided: bool) -> list[str]:
     """One printed row: the variant's difference to the baseline (the baseline: its mean)."""
     published = number(row[f"published_{metric}"])
     if row["baseline"]:
         mean, low, high = (row[f"{metric}_{k}"] for k in ("mean", "ci_low", "ci_high"))
-        return [row["variant"], _runs_text(row, False), number(mean), _half(low, high),
-                "", "", "(baseline)", "", published, ""]  # fmt: skip
+        cells = [row["variant"], _runs_text(row, False), number(mean), _half(low, high), "", ""]
+        return [*cells, "(baseline)", "", ""] if decided else [*cells, published]
     low, high = row[f"{metric}_diff_low"], row[f"{metric}_diff_high"]
     diff = row[f"{metric}_diff"]
-    return [
+    cells = [
         row["variant"],
         _runs_text(row, False),
         "—" if math.isnan(diff) else f"{diff:+.4f}",
         _half(low, high),
-        _p_text(row[f"{metric}_p_holm"]),
-        _share(row[f"{metric}_p_better"]),
+        _p_text(row[f"{metric}_p_adjusted" if decided else f"{metric}_p_value"]),
+        _p_better_text(row, metric, decided),
+    ]
+    if not decided:
+        return [*cells, published]
+    pub_diff = row[f"published_{metric}_diff"]
+    return [
+        *cells,
         _verdict_text(row, metric),
-        _needed(row, metric),
-        published,
+        "—" if math.isnan(pub_diff) else f"{pub_diff:+.4f}",
         row[f"{metric}_claim"] or "—",
     ]
+
+
+def _title(metric: str, decided: bool) -> str:
+    if decided:
+        return f"{label(metric)}: variant − baseline, paired by seed (the decision)"
+    return f"{label(metric)}: variant − baseline, paired by seed (described, not decided)"
 
 
 def _breakable(name: str, width: int) -> str:
@@ -307,22 +363,23 @@ def _joints(name: str, joint: str) -> list[str]:
     return [p + joint for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
 
 
-def _rich_table(metric: str, rows: Sequence[dict[str, Any]], width: int) -> Table:
-    """One metric's verdicts, sized to the console: every other column keeps its width (a
+def _rich_table(metric: str, rows: Sequence[dict[str, Any]], width: int, decided: bool) -> Table:
+    """One metric's table, sized to the console: every other column keeps its width (a
     number never wraps) and the variant names fold at their joints into what is left."""
-    cells = [_cells(row, metric) for row in rows]
-    others = sum(max(len(c[i]) for c in [*cells, list(_HEADERS)]) for i in range(1, len(_HEADERS)))
-    longest = max(len(c[0]) for c in [*cells, list(_HEADERS)])
+    headers = _headers(decided)
+    cells = [_cells(row, metric, decided) for row in rows]
+    others = sum(max(len(c[i]) for c in [*cells, list(headers)]) for i in range(1, len(headers)))
+    longest = max(len(c[0]) for c in [*cells, list(headers)])
     # The box draws one space between columns, none at the edges.
-    name_width = max(8, min(longest, width - others - (len(_HEADERS) - 1)))
+    name_width = max(8, min(longest, width - others - (len(headers) - 1)))
     table = Table(
-        title=f"{LABELS[metric]}: variant − baseline, paired by seed",
+        title=_title(metric, decided),
         box=box.SIMPLE_HEAD,
         padding=0,
         show_edge=False,
         title_justify="left",
     )
-    for col in _HEADERS:
+    for col in headers:
         variant = col == "variant"
         table.add_column(
             col,
@@ -338,36 +395,32 @@ def _rich_table(metric: str, rows: Sequence[dict[str, Any]], width: int) -> Tabl
     return table
 
 
-def _legend_lines(cfg: RunConfig, rows: Sequence[dict[str, Any]], emit: Callable) -> None:
-    margin = cfg.report.margin
-    variants = len(rows) - 1
-    if cfg.sweep.auto_repeats:
-        sweep = cfg.sweep
-        level = (
-            f"levels per look from Lan-DeMets O'Brien-Fleming-type alpha spending over "
-            f"{sweep.min_repeats} to {sweep.max_repeats} repeats (overall {ALPHA})"
-        )
+def _legend_lines(
+    cfg: RunConfig, rows: Sequence[dict[str, Any]], emit: Callable, rule: Rule | None
+) -> None:
+    if rule is None:
+        emit("a single repeat per variant: nothing is decided (sweep.repeats >= 2 to compare)")
     else:
-        level = f"level {ALPHA}"
-    emit(
-        "Δ ± 95%: variant − baseline, mean of the per-seed differences, and the half-width "
-        "of its 95% t interval (Welch's where a seed is missing on one side); the baseline row "
-        "gives its own mean. p Holm: two-sided paired t-test, "
-        f"Holm-corrected across the {variants} variant(s). P(>): share of seeds on which the "
-        f"variant beats the baseline. verdict at {level}; equivalent: both one-sided tests "
-        f"within ±{margin:g} (accuracies). claim: the document's published difference "
-        "against the verdict. need: repeats that would decide an undecided row at the "
-        "observed spread. pub.: the document's single run. "
-        f"repeats=auto decides on {LABELS[DECISION_METRIC]}."
-    )
-    if cfg.sweep.auto_repeats:
-        parts = [
-            f"{r['variant']} {r['auto_repeats']} ({r['auto_stopped'] or 'open'})"
-            for r in rows
-            if r["auto_repeats"] != ""
-        ]
-        if parts:
-            emit("repeats=auto, repeats each variant got: " + ", ".join(parts))
+        m = len(rows) - 1
+        emit(
+            f"The decision ({label(rule.metric)}), by the rule recorded at the study's first "
+            f"run: {rule.procedure}; family-wise error {rule.alpha:g} over {m} row(s) and "
+            f"every look, {rule.min_repeats} to {rule.max_repeats} repeats, equivalence "
+            f"within ±{rule.margin:g}, futility at delta {rule.delta:g} (beta {rule.beta:g})."
+        )
+        emit(
+            "Δ: variant − baseline, mean of the per-seed differences (complete pairs only); "
+            "± RCI: half-width of its repeated confidence interval at the level the row holds "
+            "(it excludes 0 exactly when the verdict is better or worse; for no effect >= delta "
+            f"the {1 - 2 * rule.beta:.0%} futility interval). p adj: family-adjusted p-value. "
+            "P(>): P(variant beats baseline on a fresh seed), Phi(mean/sd), with its interval. "
+            "claim: the document's published difference against the interval (consistent, "
+            "contradicted, open). The other tables describe, at 95%, unadjusted: no verdict."
+        )
+    parts = [f"{r['variant']} {r['n']} ({r['auto_stopped'] or 'open'})"
+             for r in rows if not r["baseline"]]  # fmt: skip
+    if parts:
+        emit("pairs each variant ran, and why it stopped: " + ", ".join(parts))
     for r in rows:
         if r["note"] and not r["baseline"]:
             emit(f"{r['variant']}: {r['note']}")
@@ -379,46 +432,49 @@ def _legend_lines(cfg: RunConfig, rows: Sequence[dict[str, Any]], emit: Callable
 # -- files -------------------------------------------------------------------------------------
 
 
-_MD_HEADERS = (
-    "variant",
-    "runs",
-    "mean ± 95% CI",
-    "Δ ± 95% CI (t)",
-    "Δ 95% bootstrap",
-    "test",
-    "p",
-    "p Holm",
-    "P(>)",
-    "verdict",
-    "repeats to decide",
-    "published",
-    "published Δ",
-    "claim",
-)
+def _md_headers(decided: bool) -> tuple[str, ...]:
+    if decided:
+        return ("variant", "runs", "stopped", "mean ± 95% CI", "Δ [RCI]", "confidence",
+                "Δ 95% bootstrap", "p adj", "P(>) [interval]", "verdict", "repeats to decide",
+                "published", "published Δ", "claim")  # fmt: skip
+    return ("variant", "runs", "mean ± 95% CI", "Δ ± 95% CI (t)", "Δ 95% bootstrap", "p",
+            "P(>)", "published", "published Δ")  # fmt: skip
 
 
-def _md_cells(row: dict[str, Any], metric: str) -> list[str]:
+def _md_cells(row: dict[str, Any], metric: str, decided: bool = True) -> list[str]:
     mean = _pm(*(row[f"{metric}_{k}"] for k in ("mean", "ci_low", "ci_high")))
     published = number(row[f"published_{metric}"])
     if row["baseline"]:
-        return [row["variant"], _runs_text(row), mean, *[""] * 6, "baseline", "", published]
+        blanks = 9 if decided else 4
+        cells = [row["variant"], _runs_text(row)] + (["", mean] if decided else [mean])
+        return [*cells, *[""] * blanks, published] + ([""] if decided else [""])
     low, high = row[f"{metric}_boot_low"], row[f"{metric}_boot_high"]
     boot = "—" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
     pub_diff = row[f"published_{metric}_diff"]
+    pub = "—" if math.isnan(pub_diff) else f"{pub_diff:+.4f}"
+    diff, d_low, d_high = (row[f"{metric}_{k}"] for k in ("diff", "diff_low", "diff_high"))
+    if not decided:
+        return [row["variant"], _runs_text(row), mean, _pm(diff, d_low, d_high, signed=True),
+                boot, _p_text(row[f"{metric}_p_value"]), _share(row[f"{metric}_p_better"]),
+                published, pub]  # fmt: skip
+    interval = "—" if math.isnan(diff) else (
+        f"{diff:+.4f}" + ("" if math.isnan(d_low) else f" [{d_low:+.4f}, {d_high:+.4f}]")
+    )  # fmt: skip
+    confidence = row[f"{metric}_confidence"]
     return [
         row["variant"],
         _runs_text(row),
+        row["auto_stopped"] or "open",
         mean,
-        _pm(*(row[f"{metric}_{k}"] for k in ("diff", "diff_low", "diff_high")), signed=True),
+        interval,
+        "—" if math.isnan(confidence) else f"{confidence:.2%}",
         boot,
-        row[f"{metric}_test"] or "—",
-        _p_text(row[f"{metric}_p_value"]),
-        _p_text(row[f"{metric}_p_holm"]),
-        _share(row[f"{metric}_p_better"]),
+        _p_text(row[f"{metric}_p_adjusted"]),
+        _p_better_text(row, metric, True),
         _verdict_text(row, metric),
         str(row[f"{metric}_repeats_needed"]),
         published,
-        "—" if math.isnan(pub_diff) else f"{pub_diff:+.4f}",
+        pub,
         row[f"{metric}_claim"] or "—",
     ]
 
@@ -431,12 +487,14 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
     return lines
 
 
-def write_markdown(cfg: RunConfig, title: str, rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One table per metric with every statistic, then the variants' counts and notes."""
+def write_markdown(cfg: RunConfig, title: str, rows: Sequence[dict[str, Any]], path: Path,
+                   rule: Rule | None = None) -> Path:  # fmt: skip
+    """The decision table, then one table per described metric, the variants and notes."""
     lines = [f"# {title}", ""]
-    for metric in SHOWN:
-        lines += [f"## {LABELS[metric]}", ""]
-        lines += _md_table(_MD_HEADERS, [_md_cells(row, metric) for row in rows])
+    for metric in metrics_of(rule)[1]:
+        decided = rule is not None and metric == rule.metric
+        lines += [f"## {_title(metric, decided)}", ""]
+        lines += _md_table(_md_headers(decided), [_md_cells(row, metric, decided) for row in rows])
         lines.append("")
     lines += ["## variants", ""]
     counts = [
@@ -451,24 +509,30 @@ def write_markdown(cfg: RunConfig, title: str, rows: Sequence[dict[str, Any]], p
     ]
     lines += _md_table(["variant", "params", "repeats (auto)", "stopped", "note"], counts)
     lines.append("")
-    _legend_lines(cfg, rows, lines.append)
+    _legend_lines(cfg, rows, lines.append, rule)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-_COLOURS = {"better": "C2", "worse": "C3", "equivalent": "C0", "undecided": "0.45"}
+_COLOURS = {"better": "C2", "worse": "C3", "equivalent": "C0", "no effect >= delta": "C4",
+            "undecided": "0.45"}  # fmt: skip
 
 
 def plot_ablation(
-    rows: Sequence[dict[str, Any]], curves: dict[str, np.ndarray], margin: float, path: Path
+    rows: Sequence[dict[str, Any]],
+    curves: dict[str, np.ndarray],
+    margin: float,
+    path: Path,
+    rule: Rule | None = None,
 ) -> Path:
-    """Paired differences to the baseline with their 95% intervals, the ±margin band and the
-    published differences, one panel per accuracy, coloured by verdict; mean val_acc curves."""
+    """Paired differences to the baseline with their intervals (the decision's repeated
+    interval, 95% t elsewhere), the ±margin band and the published differences, one panel per
+    accuracy, coloured by verdict; mean val_acc curves."""
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    accuracies = [m for m in SHOWN if m.endswith("_acc")]
+    accuracies = [m for m in metrics_of(rule)[1] if "_acc" in m]
     fig, axes = plt.subplots(
         1, len(accuracies) + 1, figsize=(7 * (len(accuracies) + 1), 2 + 0.5 * len(rows))
     )
@@ -480,7 +544,7 @@ def plot_ablation(
             if row["baseline"]:
                 continue
             diff = row[f"{metric}_diff"]
-            verdict = row[f"{metric}_verdict"] or "undecided"
+            verdict = row[f"{metric}_verdict"] or "described"
             if not math.isnan(diff):
                 low, high = row[f"{metric}_diff_low"], row[f"{metric}_diff_high"]
                 err = None if math.isnan(low) else [[diff - low], [high - diff]]
@@ -494,11 +558,11 @@ def plot_ablation(
             if not math.isnan(published):
                 ax.plot(published, y, "x", color="C1", markersize=8)
         ax.set_yticks(ys, [r["variant"] for r in rows], fontsize=8)
-        ax.set_xlabel(f"{LABELS[metric]}: variant − baseline (paired by seed)")
+        ax.set_xlabel(f"{label(metric)}: variant − baseline (paired by seed)")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(
             handles=[
-                Line2D([], [], color="0.3", marker="o", label="mean difference, 95% t interval"),
+                Line2D([], [], color="0.3", marker="o", label="mean difference, its interval"),
                 Line2D([], [], color="C1", marker="x", ls="", label="published difference"),
                 Patch(color="C0", alpha=0.12, label=f"equivalence band ±{margin:g}"),
             ],

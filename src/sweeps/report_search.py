@@ -14,7 +14,7 @@ from rich.table import Table
 
 from sweeps.config import RunConfig
 from sweeps.errors import one_line
-from sweeps.report_ablation import METRICS
+from sweeps.report_ablation import DESCRIBED as METRICS
 from sweeps.report_files import number, pyplot, write_csv
 from sweeps.stats.summary import NAN
 

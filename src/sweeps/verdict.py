@@ -1,40 +1,37 @@
-"""Verdicts of an ablation: every variant against the baseline, paired by seed.
+"""Verdicts of an ablation: every variant against the baseline, paired by seed, under a rule
+fixed before the data.
 
 Repeat r of every variant trains with seed ``seed + r``, as repeat r of the baseline does, so
 the two runs share data order, augmentation stream and (where the architecture allows) the
-initialisation. Each variant is compared with the baseline on the per-repeat differences:
+initialisation. Each variant is compared with the baseline on its complete pairs only.
 
-- the mean difference with its 95% t interval (the decision's own procedure) and a
-  ``scipy.stats.bootstrap`` interval beside it;
-- the two-sided p-value of the paired t-test, Welch's test where a repeat the variant finished
-  has no finished baseline partner;
-- Holm's correction across the study's variants, per metric;
-- two one-sided tests (TOST) against +/- ``report.margin`` for equivalence;
-- P(A > B): the share of seeds on which the variant beats the baseline (Bouthillier et al.,
-  "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021);
-- a verdict word, the repeats that would decide an open row, and whether the document's
-  published difference is confirmed, contradicted or still open.
-
-With ``sweep.repeats=auto`` every round is a look at the data: the decision level of a look at
-n repeats comes from Lan-DeMets alpha spending with an O'Brien-Fleming-type function
-(:func:`sequential_levels`), so that looking after every round does not inflate false findings.
-
-The statistics are vectorised over leading axes (the last axis holds the variants, or the
-repeats), so simulations of thousands of studies run the very functions the report uses.
+- The **decision rule** (:class:`sweeps.stats.design.Rule`: the metric, alpha, margin, delta,
+  min and max repeats, the spending functions, the procedure) is built from the config at the
+  study's first ``run`` and recorded in the study (``sweeps.rule``); every later ``run``,
+  ``report`` and worker decides under the recorded rule, and a command whose config asks for
+  another is refused with one line naming the key (:func:`settle_rule`).
+- On the decision metric, :func:`sweeps.stats.design.look` decides every row at once, with
+  family-wise error control across rows and looks, non-binding futility stops at delta,
+  repeated confidence intervals, adjusted p-values and P(variant > baseline) with its interval.
+- The other metrics are described, not decided: each row's mean paired difference, its 95%
+  t interval and unadjusted p-value, for reading beside the decision.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sweeps.keys import REPEAT_PARAM, SPURIOUS_ATTR, VARIANT_PARAM
-from sweeps.stats.paired import (  # noqa: F401  (re-exported: the verdict words)
-    ALPHA,
+from sweeps.config import RunConfig
+from sweeps.errors import ConfigError
+from sweeps.keys import RULE_ATTR, SPURIOUS_ATTR, ablation_key, replaced_numbers
+from sweeps.stats.design import RowResult, Rule, claim, look
+from sweeps.stats.paired import (
     BETTER,
     CONFIRMED,
     CONTRADICTED,
@@ -43,249 +40,282 @@ from sweeps.stats.paired import (  # noqa: F401  (re-exported: the verdict words
     OPEN,
     UNDECIDED,
     WORSE,
-    TStats,
     bootstrap_interval,
-    claim,
-    decide,
-    holm_factor,
     p_better,
+    p_two_sided,
     paired_stats,
     repeats_needed,
     t_interval,
-    welch_stats,
-    word,
 )
-from sweeps.stats.sequential import sequential_levels
 
-DEFAULT_MARGIN = 0.01
-DECISION_METRIC = "test_acc"  # the documents' headline number; what repeats=auto decides on
+__all__ = [
+    "BETTER",
+    "CONFIRMED",
+    "CONTRADICTED",
+    "EQUIVALENT",
+    "OPEN",
+    "UNDECIDED",
+    "WORSE",
+    "RuleMismatch",
+    "Verdict",
+    "measure",
+    "paired_values",
+    "rule_of",
+    "settle_rule",
+    "verdicts_for_study",
+]
+
 LOWER_IS_BETTER = frozenset({"test_loss", "val_loss", "train_loss"})
+# The config key behind each field of the rule, for the one-line refusal.
+RULE_KEYS = {
+    "metric": "report.metric",
+    "direction": "report.metric",
+    "alpha": "report.alpha",
+    "margin": "report.margin",
+    "delta": "report.delta",
+}
+_LAST_K = re.compile(r"^(?P<base>\w+?)_last(?P<k>\d+)$")
 
 
-def level_function(cfg: Any) -> Callable[[int], float]:
-    """The decision level of a look at n repeats: alpha for fixed repeats, else the schedule.
+class RuleMismatch(ConfigError):
+    """The config asks for another decision rule than the study recorded at its first run."""
 
-    nan below the repeats a row needs (2 for fixed repeats, ``sweep.min_repeats`` for auto).
-    """
+
+def lower_is_better(metric: str) -> bool:
+    base = _LAST_K.match(metric)
+    return (base.group("base") if base else metric) in LOWER_IS_BETTER
+
+
+def rule_of(cfg: RunConfig) -> Rule | None:
+    """The decision rule the config asks for; None with a single repeat (nothing to test)."""
     sweep = cfg.sweep
-    if getattr(sweep, "repeats", None) == "auto":
-        low, high = int(sweep.min_repeats), int(sweep.max_repeats)
-        levels = sequential_levels(low, high, ALPHA)
-        return lambda n: NAN if n < low else levels[min(n, high)]
-    return lambda n: NAN if n < 2 else ALPHA
+    low, high = (
+        (sweep.min_repeats, sweep.max_repeats) if sweep.auto_repeats else (sweep.repeats,) * 2
+    )
+    if int(high) < 2:
+        return None
+    metric = cfg.report.metric
+    try:
+        return Rule(
+            metric=metric,
+            direction="minimize" if lower_is_better(metric) else "maximize",
+            alpha=cfg.report.alpha,
+            margin=cfg.report.margin,
+            delta=cfg.report.delta,
+            min_repeats=int(low),
+            max_repeats=int(high),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-# -- one study -----------------------------------------------------------------------------------
+def _key(field: str, cfg: RunConfig) -> str:
+    if field in RULE_KEYS:
+        return RULE_KEYS[field]
+    if field in ("min_repeats", "max_repeats"):
+        return f"sweep.{field}" if cfg.sweep.auto_repeats else "sweep.repeats"
+    return field
+
+
+def settle_rule(study: Any, cfg: RunConfig, *, record: bool) -> Rule | None:
+    """The study's decision rule: the recorded one, or (first run) the config's, recorded.
+
+    Args:
+        study: The Optuna study.
+        cfg: The validated config of this command.
+        record: Record the config's rule when the study has none (``run``); ``report`` only
+            reads.
+
+    Raises:
+        RuleMismatch: one line naming the first differing key, the recorded value, the asked
+            one and the ways out, when the study recorded another rule.
+    """
+    asked = rule_of(cfg)
+    stored = study.user_attrs.get(RULE_ATTR)
+    if stored is None:
+        if record and asked is not None:
+            study.set_user_attr(RULE_ATTR, asked.to_record())
+        return asked
+    try:
+        recorded = Rule.from_record(stored)
+    except (ValueError, TypeError) as exc:
+        raise RuleMismatch(
+            f"study '{cfg.sweep.name}' recorded a decision rule this version of sweeps cannot "
+            f"read ({exc}); report it with the version that ran it, or start a new sweep.name"
+        ) from None
+    if asked is None:
+        raise RuleMismatch(
+            f"sweep.repeats={cfg.sweep.repeats}: study '{cfg.sweep.name}' recorded a rule of "
+            f"{recorded.min_repeats} to {recorded.max_repeats} repeats at its first run; "
+            f"give the same repeats, or start a new sweep.name"
+        )
+    changed = recorded.differences(asked)
+    if changed:
+        field, was, now = changed[0]
+        key = _key(field, cfg)
+        raise RuleMismatch(
+            f"{key}={now} asks for another decision rule than study '{cfg.sweep.name}' "
+            f"recorded at its first run ({field} {was}): run it with the recorded value, or "
+            f"start a new study with sweep.name=NEW"
+        )
+    return recorded
+
+
+# -- the values ------------------------------------------------------------------------------
+
+
+def measure(trial: Any, metric: str) -> float:
+    """A finished trial's value of ``metric``: a recorded metric (``test_acc``), or
+    ``METRIC_lastK``, the mean of the last K epochs' METRIC from its history."""
+    found = _LAST_K.match(metric)
+    if found and metric not in trial.user_attrs:
+        history = trial.user_attrs.get("history") or []
+        values = [float(h[found["base"]]) for h in history if found["base"] in h]
+        k = int(found["k"])
+        return float(np.mean(values[-k:])) if len(values) >= k else NAN
+    value = trial.user_attrs.get(metric)
+    return NAN if value is None else float(value)
+
+
+def paired_values(
+    trials: Sequence[Any], metric: str, names: Sequence[str]
+) -> dict[str, dict[int, float]]:
+    """Per variant (``names`` first, in order), the metric of each COMPLETE repeat; a repeat
+    finished twice (two workers raced) counts once, the lower trial number."""
+    retried = replaced_numbers(trials)
+    out: dict[str, dict[int, float]] = {name: {} for name in names}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state.name != "COMPLETE" or t.user_attrs.get(SPURIOUS_ATTR) or t.number in retried:
+            continue
+        name, repeat = ablation_key(t)
+        if name is None or repeat is None:
+            continue
+        value = measure(t, metric)
+        if not math.isnan(value):
+            out.setdefault(name, {}).setdefault(int(repeat), value)
+    return out
+
+
+def pair_differences(values: Mapping[str, Mapping[int, float]], baseline: str,
+                     rows: Sequence[str]) -> dict[str, list[float]]:  # fmt: skip
+    """Each row's differences to the baseline on the repeats both finished, in repeat order."""
+    base = values.get(baseline, {})
+    return {
+        row: [values[row][r] - base[r] for r in sorted(set(values.get(row, {})) & set(base))]
+        for row in rows
+    }
+
+
+# -- one study's rows ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One variant against the baseline on one metric.
 
+    On the decision metric (``decision``) the fields come from the recorded rule's look: the
+    verdict, why the row stopped, the repeated confidence interval (``low``, ``high`` at
+    ``confidence``), the family-adjusted p-value and P(variant > baseline) with its interval.
+    On the other metrics they describe: a 95% t interval and the unadjusted p-value, no verdict.
+
     Attributes:
-        diff: Mean difference variant - baseline (paired: mean of per-seed differences).
-        low, high: Its 95% t interval; boot_low, boot_high: the bootstrap interval.
-        test: ``paired t`` or ``Welch`` (or ``""`` with too few runs).
-        pairs: Seeds both sides finished (paired rows).
-        p: Two-sided p-value; p_holm: Holm-adjusted across the study's variants.
-        level: The decision level of this look (before Holm); nan with too few runs.
-        p_better: P(variant beats baseline on a fresh seed), estimated.
-        verdict: better, worse, equivalent or undecided.
-        repeats_needed: For undecided rows, repeats that would decide at the observed spread.
-        claim: confirmed, contradicted, open, or "" when nothing was published.
-        note: Why a row is unpaired, has too few runs, or was decided at an earlier look.
+        diff: Mean of the per-seed differences variant - baseline; pairs: how many.
+        boot_low, boot_high: A bootstrap interval of the mean difference (shown, not decided).
+        p: The unadjusted paired t p-value (descriptive metrics); p_adjusted: the family's.
+        level: The share of the family's alpha the row holds (decision metric).
+        published_diff: The document's difference; claim: consistent, contradicted, open.
     """
 
     variant: str
     metric: str
-    n: int
-    n_base: int
-    test: str = ""
+    decision: bool = False
     pairs: int = 0
     diff: float = NAN
+    sd: float = NAN
     low: float = NAN
     high: float = NAN
+    confidence: float = NAN
     boot_low: float = NAN
     boot_high: float = NAN
     p: float = NAN
-    p_holm: float = NAN
-    p_equiv_holm: float = NAN
+    p_adjusted: float = NAN
     level: float = NAN
     p_better: float = NAN
-    verdict: str = UNDECIDED
+    p_better_low: float = NAN
+    p_better_high: float = NAN
+    verdict: str = ""
+    stopped: str = ""
     repeats_needed: int | None = None
-    published: float = NAN
     published_diff: float = NAN
     claim: str = ""
     note: str = ""
-    sd: float = field(default=NAN, repr=False)
-
-
-def compare_study(
-    values: Mapping[str, Mapping[int, float]],
-    metric: str,
-    *,
-    baseline: str = "baseline",
-    margin: float | None = DEFAULT_MARGIN,
-    level_of: Callable[[int], float] = lambda n: ALPHA if n >= 2 else NAN,
-    published: Mapping[str, float] | None = None,
-    decided: Mapping[str, str] | None = None,
-    bootstrap: bool = True,
-) -> dict[str, Verdict]:
-    """Verdicts of every variant against the baseline on one metric.
-
-    Args:
-        values: Per variant (in report order), the metric of each finished repeat.
-        metric: Its name; losses count lower as better.
-        baseline: The baseline's name in ``values``.
-        margin: Equivalence band half-width; None for no equivalence (losses).
-        level_of: Decision level of a look at n repeats (nan: too few to decide).
-        published: The document's number per variant.
-        decided: Verdicts already reached at an earlier look (repeats=auto): they stand.
-        bootstrap: Also compute the bootstrap intervals (off in the round decisions).
-
-    Returns:
-        One :class:`Verdict` per variant other than the baseline, in order.
-    """
-    lower = metric in LOWER_IS_BETTER
-    published = published or {}
-    decided = decided or {}
-    base = dict(values.get(baseline, {}))
-    names = [v for v in values if v != baseline]
-    rows: list[dict[str, Any]] = []
-    means, ses, dfs, levels = [], [], [], []
-    for name in names:
-        mine = dict(values[name])
-        common = sorted(set(mine) & set(base))
-        lone = sorted(set(mine) - set(base))
-        row: dict[str, Any] = {"variant": name, "metric": metric, "n": len(mine)}
-        row["n_base"] = len(base)
-        s, n_look = None, 0
-        if not lone and len(common) >= 2:
-            a, b = [mine[r] for r in common], [base[r] for r in common]
-            d = np.subtract(a, b)
-            s, n_look = paired_stats(d), len(common)
-            row.update(test="paired t", pairs=len(common), sd=float(np.std(d, ddof=1)))
-        elif len(mine) >= 2 and len(base) >= 2:
-            a, b = list(mine.values()), list(base.values())
-            s, n_look = welch_stats(a, b), min(len(a), len(b))
-            row.update(test="Welch", pairs=len(common), sd=float(s.se) * math.sqrt(n_look / 2))
-            row["note"] = f"unpaired: no finished baseline run for repeat {_listed(lone)}"
-        else:
-            a = b = []
-            row["note"] = f"too few finished runs ({len(mine)} here, {len(base)} baseline)"
-        level = level_of(n_look) if s is not None else NAN
-        if s is not None and math.isnan(level):
-            row["note"] = f"too few finished repeats to decide ({n_look})"
-        if s is not None:
-            low, high = t_interval(s)
-            row.update(diff=float(s.mean), low=float(low), high=float(high))
-            row["p_better"] = p_better(a, b, row["test"] == "paired t", lower)
-            if bootstrap:
-                row["boot_low"], row["boot_high"] = bootstrap_interval(
-                    a, b, row["test"] == "paired t"
-                )
-        rows.append(row)
-        means.append(float(s.mean) if s is not None else NAN)
-        ses.append(float(s.se) if s is not None else NAN)
-        dfs.append(float(s.df) if s is not None else NAN)
-        levels.append(level)
-    if not rows:
-        return {}
-    stats_ = TStats(np.array(means), np.array(ses), np.array(dfs))
-    found = decide(stats_, np.array(levels), margin, lower)
-    factors = holm_factor(found.p)
-    out: dict[str, Verdict] = {}
-    for i, row in enumerate(rows):
-        verdict = word(found.code[i])
-        if row["variant"] in decided and decided[row["variant"]] != UNDECIDED:
-            if verdict != decided[row["variant"]]:
-                row["note"] = "; ".join(
-                    x for x in (row.get("note"), "decided at an earlier look") if x
-                )
-            verdict = decided[row["variant"]]
-        needed = None
-        if verdict == UNDECIDED and not math.isnan(factors[i]):
-            needed = repeats_needed(
-                row["diff"], row.get("sd", NAN), levels[i] / factors[i], margin,
-                paired=row["test"] == "paired t",
-            )  # fmt: skip
-        pub = float(published.get(row["variant"], NAN))
-        pub_diff = pub - float(published.get(baseline, NAN))
-        out[row["variant"]] = Verdict(
-            **row,
-            p=float(found.p[i]),
-            p_holm=float(found.p_holm[i]),
-            p_equiv_holm=float(found.p_equiv_holm[i]),
-            level=float(levels[i]),
-            verdict=verdict,
-            repeats_needed=needed,
-            published=pub,
-            published_diff=pub_diff,
-            claim=claim(verdict, pub_diff, margin, lower),
-        )
-    return out
-
-
-def _listed(repeats: Sequence[int]) -> str:
-    return ", ".join(str(r) for r in repeats)
-
-
-def finished_values(
-    trials: Sequence[Any], metric: str, names: Sequence[str]
-) -> dict[str, dict[int, float]]:
-    """Per variant (``names`` first, in order, then any other), the metric of each COMPLETE
-    repeat; a repeat finished twice (two workers raced) counts once, the lower trial number."""
-    out: dict[str, dict[int, float]] = {name: {} for name in names}
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.state.name != "COMPLETE" or t.user_attrs.get(SPURIOUS_ATTR):
-            continue
-        name, repeat = t.params.get(VARIANT_PARAM), t.params.get(REPEAT_PARAM)
-        if name is None or metric not in t.user_attrs:
-            continue
-        out.setdefault(name, {}).setdefault(int(repeat), float(t.user_attrs[metric]))
-    return out
 
 
 def verdicts_for_study(
-    cfg: Any,
+    cfg: RunConfig,
     trials: Sequence[Any],
-    metric: str = DECISION_METRIC,
-    decided: Mapping[str, str] | None = None,
+    metric: str,
+    rule: Rule | None,
+    state: Mapping[str, Any] | None = None,
     bootstrap: bool = True,
 ) -> dict[str, Verdict]:
-    """Verdicts of a study's ablation variants on one metric, as ``report`` prints them.
+    """Every variant but the baseline on ``metric``, as ``report`` prints them.
 
     Args:
-        cfg: The validated :class:`sweeps.config.RunConfig` (variants, sweep.repeats, margin).
-        trials: The study's trials (``study.get_trials()``); others than ablation are ignored.
-        metric: ``test_acc`` (the default and the decision metric), ``val_acc``, ``test_loss``...
-        decided: Verdicts that stand from an earlier look (repeats=auto); by default the ones
-            recorded in the study, when the caller passes them from ``decided_verdicts``.
+        cfg: The validated config (its variants and their published numbers).
+        trials: The study's trials; others than ablation are ignored.
+        metric: The decision metric (``rule.metric``) is decided; any other is described.
+        rule: The study's recorded rule (:func:`settle_rule`); None: nothing is decided.
+        state: The look state recorded by repeats=auto (its stopped rows stand).
         bootstrap: Also compute the bootstrap intervals.
-
-    Returns:
-        Variant name -> :class:`Verdict`, for every variant but the baseline.
     """
     names = [v.name for v in cfg.variants]
-    values = finished_values(trials, metric, names)
-    baseline = names[0] if names else "baseline"
-    return compare_study(
-        values,
-        metric,
-        baseline=baseline,
-        margin=cfg.report.margin if metric.endswith("_acc") else None,
-        level_of=level_function(cfg),
-        published={v.name: v.published.get(metric, NAN) for v in cfg.variants},
-        decided=decided if metric == DECISION_METRIC else None,
-        bootstrap=bootstrap,
-    )
-
-
-def decided_verdicts(record: Mapping[str, Any] | None) -> dict[str, str]:
-    """The verdicts repeats=auto stopped on, from the study's ``AUTO_ATTR`` record."""
-    return {
-        name: str(entry.get("verdict"))
-        for name, entry in (record or {}).items()
-        if isinstance(entry, Mapping) and entry.get("stopped") == "decided"
+    if len(names) < 2:
+        return {}
+    baseline, rows = names[0], names[1:]
+    values = paired_values(trials, metric, names)
+    diffs = pair_differences(values, baseline, rows)
+    published = {v.name: v.published.get(metric, NAN) for v in cfg.variants}
+    pub_diff = {r: float(published[r]) - float(published[baseline]) for r in rows}
+    boots = {
+        r: bootstrap_interval(d, [0.0] * len(d), paired=True) if bootstrap else (NAN, NAN)
+        for r, d in diffs.items()
     }
+    if rule is not None and metric == rule.metric:
+        results, _ = look(rule, diffs, state)
+        return {r: _decided(r, metric, results[r], boots[r], pub_diff[r], rule) for r in rows}
+    return {r: _described(r, metric, diffs[r], boots[r], pub_diff[r]) for r in rows}
+
+
+def _decided(name: str, metric: str, row: RowResult, boot: tuple[float, float],
+             published_diff: float, rule: Rule) -> Verdict:  # fmt: skip
+    needed = None
+    if row.verdict == UNDECIDED and row.n >= 2 and row.sd and not math.isnan(row.sd):
+        needed = repeats_needed(row.mean, row.sd, row.level, rule.margin)
+    return Verdict(
+        variant=name, metric=metric, decision=True, pairs=row.n, diff=row.mean, sd=row.sd,
+        low=row.low, high=row.high, confidence=row.confidence, boot_low=boot[0],
+        boot_high=boot[1], p_adjusted=row.p_adjusted, level=row.level, p_better=row.p_better,
+        p_better_low=row.p_better_low, p_better_high=row.p_better_high, verdict=row.verdict,
+        stopped=row.stopped, repeats_needed=needed, published_diff=published_diff,
+        claim=claim(row, published_diff), note=row.note,
+    )  # fmt: skip
+
+
+def _described(name: str, metric: str, d: Sequence[float], boot: tuple[float, float],
+               published_diff: float) -> Verdict:  # fmt: skip
+    if len(d) < 2:
+        note = f"{len(d)} complete pair(s)" if d else "no complete pair yet"
+        return Verdict(variant=name, metric=metric, pairs=len(d),
+                       diff=float(np.mean(d)) if d else NAN, published_diff=published_diff,
+                       note=note)  # fmt: skip
+    s = paired_stats(d)
+    low, high = t_interval(s)
+    lower = lower_is_better(metric)
+    return Verdict(
+        variant=name, metric=metric, pairs=len(d), diff=float(s.mean),
+        sd=float(np.std(d, ddof=1)), low=float(low), high=float(high), confidence=0.95,
+        boot_low=boot[0], boot_high=boot[1], p=float(p_two_sided(s)),
+        p_better=p_better(d, [0.0] * len(d), paired=True, lower_is_better=lower),
+        published_diff=published_diff,
+    )  # fmt: skip
