@@ -39,8 +39,9 @@ class TrainConfig:
     augment: dict | None = None
     verbose: int = 0  # 2: Keras's own line per epoch, beside sweeps' trial view
     threads: int | None = None
-    # auto: mixed bfloat16 on CPUs with bfloat16 instructions, mixed float16 on GPUs of compute
-    # capability >= 7.0, float32 elsewhere (sweeps.precision).
+    # auto: on a GPU mixed bfloat16 at compute capability >= 8.0, mixed float16 (loss-scaled) at
+    # 7.x, float32 below; without one mixed bfloat16 on CPUs with bfloat16 instructions, float32
+    # elsewhere (sweeps.precision).
     precision: str = "auto"
     # Stop a trial when sweep.metric has not improved for this many epochs (None: never).
     patience: int | None = None
