@@ -51,7 +51,8 @@ class TrainConfig:
     # Keras backend of each trial's process: tensorflow, jax or torch (conf: KERAS_BACKEND's
     # value when set). In-process trials run on the worker's backend (sweeps.backend).
     backend: str = "tensorflow"
-    # Per-process cap on GPU memory (MB), so that sweep.trials_per_gpu workers share a card.
+    # Per-process cap on GPU memory (MB) on every backend (JAX: as a fraction of the card's
+    # memory), instead of the share a worker gets of a card it shares (sweeps.backend).
     gpu_memory_mb: int | None = None
 
 
