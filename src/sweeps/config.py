@@ -78,8 +78,9 @@ class SweepConfig:
     # not all sample the same points; an int replays one worker's sequence exactly.
     sampler_seed: int | None = None
     allow_space_change: bool = False
-    # Worker processes this `run` starts (an int, or "auto": one per visible GPU), and how
-    # many of them share each card; see sweeps.launcher.
+    # Worker processes this `run` starts (an int, or "auto": one per visible GPU, a card or a
+    # MIG instance, times trials_per_gpu), and how many of them fill each GPU before the next;
+    # see sweeps.launcher.
     workers: int | str = 1
     trials_per_gpu: int = 1
     # TPE's constant liar: "auto" turns it on when more than one worker shares the study.
