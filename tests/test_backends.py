@@ -7,15 +7,17 @@ process (the CLI, or a ``train.subprocess=true`` trial process).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import fake_smi
 import numpy as np
 import pytest
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import error_line, run_cli
 from conftest import compose
 from imagegen import make_image_folder
 from sweeps.data import AugmentSpec, load_dataset, make_pydataset
@@ -241,6 +243,140 @@ def test_the_neutral_pipeline_imports_neither_tensorflow_nor_the_tf_data_module(
     env = {"PATH": "/usr/bin:/bin", "KERAS_BACKEND": "jax" if backend.installed("jax") else "torch"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+# --- GPU memory caps, set before each backend takes the card -------------------------------
+
+XLA = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION")
+
+
+def test_jax_never_preallocates_and_takes_its_share_or_gpu_memory_mb_as_a_fraction():
+    pre, old, new = XLA
+    assert backend.jax_memory_env({}) == {pre: "false"}
+    assert backend.jax_memory_env({pre: "true"}) == {}  # the environment's own word stands
+    assert backend.jax_memory_env({}, share=0.45) == {pre: "false", old: "0.45"}
+    assert backend.jax_memory_env({old: "0.3"}, share=0.45) == {pre: "false"}
+    # gpu_memory_mb over the device's memory, rounded down; over the environment's fraction,
+    # under the name the environment uses (JAX refuses both names at once).
+    env = backend.jax_memory_env({new: "0.3"}, gpu_memory_mb=20000, device_mb=81920, share=0.45)
+    assert env == {pre: "false", new: "0.244"}
+    assert backend.jax_memory_env({}, gpu_memory_mb=90000, device_mb=81920)[old] == "1"
+
+
+def test_gpu_memory_mb_on_jax_without_the_device_s_memory_is_one_line_naming_the_fix():
+    with pytest.raises(ConfigError) as caught:
+        backend.jax_memory_env({}, gpu_memory_mb=4000, device_mb=None)
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith("train.gpu_memory_mb=4000: JAX caps GPU memory")
+    assert "set XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 (the fraction) instead" in line
+
+
+class _Cuda:
+    """What ``cap_torch`` calls of ``torch.cuda``, recording the fractions set."""
+
+    def __init__(self, totals_mb: list[int]) -> None:
+        self.totals, self.set = totals_mb, {}
+
+    def is_available(self) -> bool:
+        return bool(self.totals)
+
+    def device_count(self) -> int:
+        return len(self.totals)
+
+    def get_device_properties(self, i: int):
+        return type("Properties", (), {"total_memory": self.totals[i] * 2**20})
+
+    def set_per_process_memory_fraction(self, fraction: float, device: int) -> None:
+        self.set[device] = fraction
+
+
+def test_torch_caps_its_caching_allocator_on_every_visible_gpu():
+    cuda = _Cuda([81920, 40960])
+    assert backend.cap_torch(cuda, 20480, share=0.45) == [0.25, 0.5]  # gpu_memory_mb first
+    assert cuda.set == {0: 0.25, 1: 0.5}
+    cuda = _Cuda([81920])
+    assert backend.cap_torch(cuda, None, share=0.45) == [0.45] and cuda.set == {0: 0.45}
+    assert backend.cap_torch(_Cuda([81920]), 100000, None) == [1.0]
+    assert backend.cap_torch(_Cuda([81920]), None, None) == []  # alone on its card: no cap
+    assert backend.cap_torch(_Cuda([]), 20480, 0.45) == []  # a CPU build of PyTorch
+
+
+def test_tensorflow_s_limit_is_gpu_memory_mb_else_the_share_of_the_device(tmp_path, monkeypatch):
+    assert backend.memory_limit_mb(20000, 0.45, 40960) == 20000
+    assert backend.memory_limit_mb(None, 0.45, 40960) == 18432
+    assert backend.memory_limit_mb(None, None, 40960) is None  # memory growth
+    assert backend.memory_limit_mb(None, 0.45, None) is None  # memory unknown: growth
+    # In a worker: the share from its environment, the memory of the slice it is pinned to.
+    fake_smi.use(monkeypatch, tmp_path, fake_smi.SEVEN_SLICES, fake_smi.SEVEN_SLICES_QUERY)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", fake_smi.SLICE_UUIDS[3])
+    monkeypatch.setenv("SWEEPS_GPU_SHARE", "0.3")
+    assert backend.tensorflow_limit_mb(None) == 1536  # 0.3 of a 1g.5gb slice (5120 MiB)
+    assert backend.tensorflow_limit_mb(2000) == 2000
+
+
+# Runs in a fresh process, as a worker: sets its trainer up, prints what JAX would read.
+WORKER = """
+import json, os, sys
+from conftest import compose
+from sweeps import services
+from sweeps.errors import ConfigError
+try:
+    services.keras_trainer(compose("quickstart", *sys.argv[1:]), None)
+except ConfigError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("XLA_")}))
+"""
+
+
+def worker_xla(tmp_path: Path, listing: str, query: str, device: str, *overrides: str,
+               share: str = "") -> dict:  # fmt: skip
+    """What a worker pinned to ``device`` sets up for JAX, on a host whose ``nvidia-smi``
+    answers ``listing`` and ``query``."""
+    fake_smi.install(tmp_path / "smi", listing, query)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "SWEEPS_"))}
+    path = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    env.update(PATH=f"{tmp_path / 'smi'}{os.pathsep}{env['PATH']}", SWEEPS_GPU_SHARE=share,
+               CUDA_VISIBLE_DEVICES=device, PYTHONPATH=path)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", WORKER, *overrides], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@needs_jax
+@pytest.mark.parametrize("subprocess_trials", ["false", "true"])
+def test_a_jax_worker_sets_its_cap_up_before_keras_imports_jax(tmp_path, subprocess_trials):
+    mode = f"train.subprocess={subprocess_trials}"  # trial processes inherit the environment
+    host = (fake_smi.SEVEN_SLICES, fake_smi.SEVEN_SLICES_QUERY, fake_smi.SLICE_UUIDS[0])
+    got = worker_xla(tmp_path, *host, "train.backend=jax", mode, "train.gpu_memory_mb=2000")
+    # 2000 MB of the slice's 5120 MiB.
+    assert got == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+                   "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.39"}  # fmt: skip
+    got = worker_xla(tmp_path, *host, "train.backend=jax", mode, share="0.3")
+    assert got["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.3"
+
+
+@needs_jax
+def test_a_jax_worker_refuses_gpu_memory_mb_it_cannot_turn_into_a_fraction(tmp_path):
+    unknown = fake_smi.EIGHT_CARDS_QUERY.replace("40960", "[N/A]")  # a card without its own
+    got = worker_xla(tmp_path, fake_smi.EIGHT_CARDS, unknown, "3", "train.backend=jax",
+                     "train.gpu_memory_mb=2000")  # fmt: skip
+    assert got.keys() == {"error"} and got["error"].startswith("train.gpu_memory_mb=2000: JAX")
+
+
+@needs_jax
+def test_the_launcher_refuses_it_in_one_line_before_starting_any_worker(tmp_path):
+    fake_smi.install(tmp_path / "smi", fake_smi.EIGHT_CARDS,
+                     fake_smi.EIGHT_CARDS_QUERY.replace("40960", "[N/A]"))  # fmt: skip
+    env = {"PATH": f"{tmp_path / 'smi'}{os.pathsep}{os.environ['PATH']}"}
+    env["CUDA_VISIBLE_DEVICES"] = "0,1"  # as a scheduler gives them
+    proc = run_cli("run", "+study=quickstart", "sweep.workers=2", "train.backend=jax",
+                   "train.gpu_memory_mb=4000", cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "train.gpu_memory_mb=4000" in line and "XLA_PYTHON_CLIENT_MEM_FRACTION=" in line
+    assert "worker w0" not in proc.stdout
 
 
 # --- real trials on each backend ------------------------------------------------------------

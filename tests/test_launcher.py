@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import fake_smi
 import pytest
 from conftest import compose
 
@@ -32,6 +33,7 @@ done
 # Stands in for the workers' Python: records what the launcher gave it, then exits.
 FAKE_PYTHON = """#!/bin/sh
 echo "$CUDA_VISIBLE_DEVICES|$SWEEPS_DEVICE|$SWEEPS_PARALLEL|$*" > "$RECORD/$SWEEPS_LAUNCHED"
+env > "$RECORD/$SWEEPS_LAUNCHED.env"
 [ "$SWEEPS_LAUNCHED" = "$DIE" ] && kill -9 $$
 exit 0
 """
@@ -45,9 +47,13 @@ def script(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A host with ``n`` fake GPUs: ``nvidia-smi -L`` on PATH lists them."""
+    """A host with ``n`` fake GPUs, or a listing of :mod:`fake_smi`, on PATH."""
 
-    def make(n: int) -> None:
+    def make(n: int | str, query: str = "") -> None:
+        """``n`` cards, or ``nvidia-smi -L``'s listing ``n`` with ``query``'s answer."""
+        if isinstance(n, str):
+            fake_smi.use(monkeypatch, tmp_path / "smi", n, query)
+            return
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir(exist_ok=True)
         script(bin_dir / "nvidia-smi", FAKE_SMI)
@@ -69,8 +75,17 @@ def scripted_launch(tmp_path: Path, monkeypatch, *overrides: str, die: str = "")
     fake = script(tmp_path / "python", FAKE_PYTHON)
     cfg = compose("quickstart", *overrides, store=tmp_path / "store")
     code = launch_workers(cfg, ["+study=quickstart", *overrides], executable=str(fake))
-    rows = {p.name: p.read_text().strip().split("|") for p in record.iterdir()}
+    rows = {p.name: p.read_text().strip().split("|") for p in record.glob("w*[0-9]")}
     return code, rows
+
+
+def worker_envs(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """Each scripted worker's whole environment, as it started, by worker name."""
+    envs = {}
+    for path in (tmp_path / "record").glob("*.env"):
+        pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        envs[path.stem] = dict(pairs)
+    return dict(sorted(envs.items(), key=lambda kv: int(kv[0][1:])))
 
 
 def test_auto_with_two_trials_per_gpu_starts_two_workers_pinned_to_each_of_four_cards(
@@ -111,6 +126,181 @@ def test_gpu_discovery_prefers_cuda_visible_devices_and_auto_is_one_without_gpus
     # A number of workers goes round the cards.
     sweep = compose("quickstart", "sweep.workers=3").sweep
     assert [s.device for s in plan_workers(sweep, ["5", "7"])] == ["gpu:5", "gpu:7", "gpu:5"]
+
+
+# -- MIG and non-MIG nodes, numeric workers, each backend's memory cap -------------------------
+
+XLA = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION")
+
+
+@pytest.fixture
+def no_xla(monkeypatch):
+    """No XLA setting, nor a share, inherited from the shell running the tests."""
+    for name in (*XLA, "SWEEPS_GPU_SHARE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# Scripted workers log nothing: no MLflow store for the launcher to create first (seconds).
+NO_STORE = "tracking.uri=http://127.0.0.1:9"
+
+
+def pinned(envs: dict[str, dict[str, str]], *keys: str) -> list[tuple[str, ...]]:
+    """``CUDA_VISIBLE_DEVICES`` and ``keys`` of each worker, in the workers' order."""
+    return [(e["CUDA_VISIBLE_DEVICES"], *(e.get(k, "") for k in keys)) for e in envs.values()]
+
+
+def test_a_plain_eight_card_node_pins_one_worker_to_each_card(gpus, tmp_path, monkeypatch, no_xla):
+    gpus(fake_smi.EIGHT_CARDS, fake_smi.EIGHT_CARDS_QUERY)
+    assert visible_gpus() == [str(i) for i in range(8)]
+    code, _ = scripted_launch(tmp_path, monkeypatch, NO_STORE, "sweep.workers=auto")
+    envs = worker_envs(tmp_path)
+    assert code == 0 and list(envs) == [f"w{i}" for i in range(8)]
+    # A card each: no share, no cap.
+    assert pinned(envs, "SWEEPS_DEVICE", "SWEEPS_GPU_SHARE") == [
+        (str(i), f"gpu:{i}", "") for i in range(8)
+    ]
+    # nvidia-smi counts in PCI order; CUDA, unless told, fastest first.
+    assert {e["CUDA_DEVICE_ORDER"] for e in envs.values()} == {"PCI_BUS_ID"}
+
+
+def test_seven_mig_slices_of_an_a100_are_seven_workers_pinned_by_uuid(
+    gpus, tmp_path, monkeypatch, capsys, no_xla
+):
+    gpus(fake_smi.SEVEN_SLICES, fake_smi.SEVEN_SLICES_QUERY)
+    assert visible_gpus() == fake_smi.SLICE_UUIDS  # the card itself is no device with MIG on
+    code, _ = scripted_launch(tmp_path, monkeypatch, NO_STORE, "sweep.workers=auto")
+    envs = worker_envs(tmp_path)
+    assert code == 0
+    assert pinned(envs, "SWEEPS_DEVICE") == [(u, f"gpu:{u}") for u in fake_smi.SLICE_UUIDS]
+    last = fake_smi.SLICE_UUIDS[6]
+    assert f"device gpu:{last}, CUDA_VISIBLE_DEVICES={last}" in capsys.readouterr().out
+
+
+def test_a_mixed_node_has_the_slices_of_one_card_and_the_whole_other_card(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(fake_smi.MIXED, fake_smi.MIXED_QUERY)
+    slices = [line.split("UUID: ")[1].rstrip(")") for line in fake_smi.MIXED.splitlines()
+              if "MIG" in line]  # fmt: skip
+    whole = "GPU-08279800-1cbe-a71d-f3e6-8f67e15ae54a"  # by UUID: with MIG, indices mislead
+    assert visible_gpus() == [*slices, whole]
+    code, _ = scripted_launch(
+        tmp_path, monkeypatch, NO_STORE, "sweep.workers=auto", "sweep.trials_per_gpu=2"
+    )
+    envs = worker_envs(tmp_path)
+    assert code == 0
+    assert [cuda for (cuda,) in pinned(envs)] == [d for d in (*slices, whole) for _ in range(2)]
+    # A MIG-enabled card with no instance yet gives CUDA nothing to run on.
+    first, *_, second = fake_smi.MIXED.splitlines()
+    gpus(f"{first}\n{second}\n", fake_smi.MIXED_QUERY)
+    assert visible_gpus() == [whole]
+
+
+def test_numeric_workers_fill_each_card_with_trials_per_gpu_before_the_next(
+    gpus, tmp_path, monkeypatch, capsys, no_xla
+):
+    gpus(4)
+    overrides = ("sweep.workers=4", "sweep.trials_per_gpu=2")
+    code, _ = scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)
+    assert code == 0
+    # Two per card, each told its share of the card: 0.9 of it split between them.
+    assert pinned(worker_envs(tmp_path), "SWEEPS_GPU_SHARE") == [
+        ("0", "0.45"), ("0", "0.45"), ("1", "0.45"), ("1", "0.45")
+    ]  # fmt: skip
+    out = capsys.readouterr().out
+    assert "worker w1: pid" in out and "CUDA_VISIBLE_DEVICES=0, SWEEPS_GPU_SHARE=0.45" in out
+    assert "wrap around" not in out
+    sweep = compose("quickstart", *overrides).sweep
+    assert [s.device for s in plan_workers(sweep, ["0", "1", "2", "3"])] == [
+        "gpu:0", "gpu:0", "gpu:1", "gpu:1"
+    ]  # fmt: skip
+
+
+def test_more_workers_than_cards_times_trials_per_gpu_wrap_around_and_say_so(
+    gpus, tmp_path, monkeypatch, capsys, no_xla
+):
+    gpus(2)
+    code, _ = scripted_launch(
+        tmp_path, monkeypatch, NO_STORE, "sweep.workers=5", "sweep.trials_per_gpu=2"
+    )
+    assert code == 0
+    # Card 0 takes the fifth worker: three share it, so each gets 0.3 of it.
+    assert pinned(worker_envs(tmp_path), "SWEEPS_GPU_SHARE") == [
+        ("0", "0.3"), ("0", "0.3"), ("1", "0.45"), ("1", "0.45"), ("0", "0.3")
+    ]  # fmt: skip
+    out = capsys.readouterr().out
+    assert "sweep.workers=5 is more than 2 GPUs x sweep.trials_per_gpu=2: the workers wrap" in out
+
+
+def test_jax_workers_get_no_preallocation_and_their_share_as_xla_fraction(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(fake_smi.EIGHT_CARDS, fake_smi.EIGHT_CARDS_QUERY)
+    overrides = ("train.backend=jax", "sweep.workers=4", "sweep.trials_per_gpu=2")
+    assert scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)[0] == 0
+    assert pinned(worker_envs(tmp_path), *XLA) == [
+        ("0", "false", "0.45", ""), ("0", "false", "0.45", ""),
+        ("1", "false", "0.45", ""), ("1", "false", "0.45", ""),
+    ]  # fmt: skip
+
+
+def test_a_jax_worker_alone_on_its_card_still_never_preallocates(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(fake_smi.EIGHT_CARDS, fake_smi.EIGHT_CARDS_QUERY)
+    code, _ = scripted_launch(
+        tmp_path, monkeypatch, NO_STORE, "train.backend=jax", "sweep.workers=2"
+    )
+    assert code == 0
+    assert pinned(worker_envs(tmp_path), *XLA) == [("0", "false", "", ""), ("1", "false", "", "")]
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_torch_and_tensorflow_workers_read_their_share_from_the_environment(
+    backend, gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(fake_smi.SEVEN_SLICES, fake_smi.SEVEN_SLICES_QUERY)
+    overrides = (f"train.backend={backend}", "sweep.workers=auto", "sweep.trials_per_gpu=3")
+    assert scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)[0] == 0
+    envs = worker_envs(tmp_path)
+    assert len(envs) == 21  # seven slices, three workers on each
+    assert {e["SWEEPS_GPU_SHARE"] for e in envs.values()} == {"0.3"}
+    assert not any(k in e for e in envs.values() for k in XLA)  # JAX's settings, JAX only
+
+
+def test_gpu_memory_mb_on_jax_is_a_fraction_of_the_card_or_of_the_slice(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(fake_smi.MIXED, fake_smi.MIXED_QUERY)
+    overrides = ("train.backend=jax", "sweep.workers=auto", "train.gpu_memory_mb=4000")
+    assert scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)[0] == 0
+    # 4000 MB of a 2g.10gb slice (10240 MiB) and of the whole 40960 MiB card; over any share.
+    fractions = [fraction for _, fraction in pinned(worker_envs(tmp_path), XLA[1])]
+    assert fractions == ["0.39", "0.39", "0.39", "0.097"]
+
+
+def test_gpu_memory_mb_on_jax_is_refused_in_one_line_where_the_card_memory_is_unknown(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    # A card sharing the host's memory reports none (memory.total [N/A]).
+    gpus(fake_smi.EIGHT_CARDS, fake_smi.EIGHT_CARDS_QUERY.replace("40960", "[N/A]"))
+    overrides = ("train.backend=jax", "sweep.workers=2", "train.gpu_memory_mb=4000")
+    with pytest.raises(ConfigError) as caught:
+        scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith("train.gpu_memory_mb=4000: JAX caps GPU memory")
+    assert "set XLA_PYTHON_CLIENT_MEM_FRACTION=" in line
+    assert not list((tmp_path / "record").iterdir())  # no worker was started
+
+
+def test_the_environment_s_own_xla_fraction_wins_over_the_share_and_keeps_its_name(
+    gpus, tmp_path, monkeypatch, no_xla
+):
+    gpus(2)
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.2")  # JAX refuses both names at once
+    overrides = ("train.backend=jax", "sweep.workers=4", "sweep.trials_per_gpu=2")
+    assert scripted_launch(tmp_path, monkeypatch, NO_STORE, *overrides)[0] == 0
+    assert {e[2:] for e in pinned(worker_envs(tmp_path), *XLA)} == {("", "0.2")}
 
 
 def test_a_worker_that_dies_is_named_and_the_command_fails(gpus, tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import fake_smi
 import numpy as np
 import optuna
 import pytest
@@ -101,7 +102,9 @@ def test_the_stop_reason_and_epochs_are_kept_with_the_trial(store):
         ("fpu sse2 avx2 amx_tile amx_bf16", None, "mixed_bfloat16"),
         ("fpu sse2 avx2 avx512f", None, "float32"),
         ("", None, "float32"),
-        ("avx512_bf16", 8.0, "mixed_float16"),  # a GPU trains: its capability decides
+        ("", 9.0, "mixed_bfloat16"),  # a GPU trains: its capability decides
+        ("", 8.0, "mixed_bfloat16"),  # Ampere: bfloat16 tensor cores
+        ("avx512_bf16", 7.5, "mixed_float16"),  # Volta, Turing: float16 ones, loss-scaled
         ("avx512_bf16", 7.0, "mixed_float16"),
         ("avx512_bf16", 6.1, "float32"),
     ],
@@ -123,10 +126,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def _fake_nvidia_smi(folder: Path, caps: list[str], code: int = 0) -> None:
-    """An ``nvidia-smi`` answering ``-L`` and ``--query-gpu=index,uuid,compute_cap`` as the
-    real one does, for one card per entry of ``caps``; ``code`` != 0: a driver not loaded."""
+    """An ``nvidia-smi`` answering ``-L`` and ``--query-gpu=index,uuid,compute_cap,...`` as
+    the real one does, for one card per entry of ``caps``; ``code`` != 0: a driver not loaded."""
     listing = "".join(f"GPU {i}: NVIDIA Card (UUID: GPU-{i}-fake)\\n" for i in range(len(caps)))
-    query = "".join(f"{i}, GPU-{i}-fake, {cap}\\n" for i, cap in enumerate(caps))
+    query = "".join(f"{i}, GPU-{i}-fake, {cap}, [N/A], 16384\\n" for i, cap in enumerate(caps))
     tool = folder / "nvidia-smi"
     tool.write_text(
         "#!/bin/sh\n"
@@ -156,17 +159,59 @@ def test_gpu_capability_comes_from_nvidia_smi(tmp_path, monkeypatch):
     assert host.gpu_capability() is None
 
 
-def test_auto_on_a_host_with_a_volta_gpu_picks_float16(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [("6.1", "float32"), ("7.5", "mixed_float16"), ("8.0", "mixed_bfloat16"),
+     ("9.0", "mixed_bfloat16")],
+)  # fmt: skip
+def test_auto_on_a_host_with_a_gpu_picks_from_its_capability_and_says_why(
+    tmp_path, monkeypatch, capability, expected
+):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    _fake_nvidia_smi(tmp_path, ["7.0"])
+    _fake_nvidia_smi(tmp_path, [capability])
     precision.describe.cache_clear()
     try:
         resolved, line = precision.describe("auto")
     finally:
         precision.describe.cache_clear()
-    assert resolved == "mixed_float16"
-    assert line == "precision: mixed_float16 (auto: GPU of compute capability 7)"
+    assert resolved == expected
+    assert line == f"precision: {expected} (auto: GPU of compute capability {float(capability):g})"
+
+
+def test_a_mig_instance_has_the_capability_of_its_card(tmp_path, monkeypatch):
+    fake_smi.use(monkeypatch, tmp_path, fake_smi.MIXED, fake_smi.MIXED_QUERY)
+    assert host.gpu_capability() == 8.0
+    # Card 0 (sliced) a Hopper, card 1 a Turing: an instance of card 0 is a Hopper.
+    hopper = fake_smi.MIXED_QUERY.replace("8.0, Enabled", "9.0, Enabled").replace("8.0", "7.5")
+    fake_smi.install(tmp_path, fake_smi.MIXED, hopper)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-703fb6ed-3fa0-5e48-8e65-1c5bdcfe2202")
+    assert host.gpu_capability() == 9.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-08279800-1cbe-a71d-f3e6-8f67e15ae54a")
+    assert host.gpu_capability() == 7.5
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-00000000-0000-0000-0000-000000000000")
+    assert host.gpu_capability() is None  # an instance nvidia-smi does not list
+    # Drivers before R470: the card's UUID is in the instance's name.
+    fake_smi.install(tmp_path, fake_smi.OLD_DRIVER, fake_smi.SEVEN_SLICES_QUERY)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77/8/0")
+    assert host.gpu_capability() == 8.0
+    assert host.visible_gpus() == ["MIG-GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77/8/0"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "scaled"), [("mixed_float16", True), ("mixed_bfloat16", False), ("float32", False)]
+)
+def test_float16_compiles_with_loss_scaling_and_the_others_without(policy, scaled):
+    import keras
+
+    from sweeps.models.compile import compile_model
+
+    with precision.policy(policy):  # as the trainer builds and compiles a trial's model
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+        compile_model(model, optimizer="adam", learning_rate=None, num_classes=3)
+    loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert loss_scaled is scaled
 
 
 def test_the_reason_line_names_the_cpu_flags():

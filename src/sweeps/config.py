@@ -40,8 +40,9 @@ class TrainConfig:
     augment: dict | None = None
     verbose: int = 0  # 2: Keras's own line per epoch, beside sweeps' trial view
     threads: int | None = None
-    # auto: mixed bfloat16 on CPUs with bfloat16 instructions, mixed float16 on GPUs of compute
-    # capability >= 7.0, float32 elsewhere (sweeps.precision).
+    # auto: on a GPU mixed bfloat16 at compute capability >= 8.0, mixed float16 (loss-scaled) at
+    # 7.x, float32 below; without one mixed bfloat16 on CPUs with bfloat16 instructions, float32
+    # elsewhere (sweeps.precision).
     precision: str = "auto"
     # Stop a trial when sweep.metric has not improved for this many epochs (None: never).
     patience: int | None = None
@@ -51,7 +52,8 @@ class TrainConfig:
     # Keras backend of each trial's process: tensorflow, jax or torch (conf: KERAS_BACKEND's
     # value when set). In-process trials run on the worker's backend (sweeps.backend).
     backend: str = "tensorflow"
-    # Per-process cap on GPU memory (MB), so that sweep.trials_per_gpu workers share a card.
+    # Per-process cap on GPU memory (MB) on every backend (JAX: as a fraction of the card's
+    # memory), instead of the share a worker gets of a card it shares (sweeps.backend).
     gpu_memory_mb: int | None = None
 
 
@@ -77,8 +79,9 @@ class SweepConfig:
     # not all sample the same points; an int replays one worker's sequence exactly.
     sampler_seed: int | None = None
     allow_space_change: bool = False
-    # Worker processes this `run` starts (an int, or "auto": one per visible GPU), and how
-    # many of them share each card; see sweeps.launcher.
+    # Worker processes this `run` starts (an int, or "auto": one per visible GPU, a card or a
+    # MIG instance, times trials_per_gpu), and how many of them fill each GPU before the next;
+    # see sweeps.launcher.
     workers: int | str = 1
     trials_per_gpu: int = 1
     # TPE's constant liar: "auto" turns it on when more than one worker shares the study.

@@ -130,8 +130,8 @@ def _child_main(conn: Connection, data: Any, spec: TrialSpec, parent: int) -> No
         if name == "tensorflow":
             with quiet_stderr():  # TensorFlow's banner and GPU probe, unless --debug
                 configure_tensorflow(spec.train.threads, gpu_memory_mb=spec.train.gpu_memory_mb)
-        else:  # the trial's process never imports TensorFlow
-            backend.configure(name, spec.train.threads)
+        else:  # the trial's process never imports TensorFlow; the memory cap before Keras
+            backend.configure(name, spec.train.threads, spec.train.gpu_memory_mb)
         outcome = KerasTrainer(data).run(spec, report)
     except (_Stopped, EOFError, BrokenPipeError):  # stopped, or the parent is gone
         return

@@ -2,9 +2,11 @@
 
 No scheduler of our own: each worker is the same ``python -m sweeps run`` command with
 ``sweep.workers=1``, and the study (the journal file, or PostgreSQL) hands out the trials, as
-it does to workers on other hosts. ``auto`` starts one worker per visible GPU (times
-``sweep.trials_per_gpu``), each pinned to its card with ``CUDA_VISIBLE_DEVICES``; the GPUs
-are found by :mod:`sweeps.host`, without importing TensorFlow.
+it does to workers on other hosts. ``auto`` starts one worker per visible GPU (a card, or a
+MIG instance) times ``sweep.trials_per_gpu``, a number N that many, each pinned to its GPU
+with ``CUDA_VISIBLE_DEVICES`` and given its share of a GPU it shares (``SWEEPS_GPU_SHARE``,
+and JAX's ``XLA_PYTHON_CLIENT_*``); the GPUs are found by :mod:`sweeps.host`, without
+importing TensorFlow.
 The parent prints every worker's lines prefixed by its name and device, forwards Ctrl-C and
 SIGTERM (each worker's running trial ends as FAIL, to be retried), and says which worker died.
 """
@@ -18,18 +20,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sweeps import services
+from sweeps import host, services
+from sweeps.backend import jax_memory_env
 from sweeps.config import RunConfig, SweepConfig
-from sweeps.host import DEVICE_ENV, LAUNCHED_ENV, PARALLEL_ENV, given_parallel, visible_gpus
+from sweeps.host import DEVICE_ENV, LAUNCHED_ENV, PARALLEL_ENV, SHARE_ENV, given_parallel
 from sweeps.keys import WORKER_ATTR
 
 _OWN_KEYS = ("sweep.workers=", "sweep.trials_per_gpu=")
 _POLL_S = 2.0  # seconds between the parent's reads of the study's totals
 _RESIGNAL_S = 10.0  # after Ctrl-C or SIGTERM, a worker still in its trial is signalled again
+# Of a GPU its workers share, what their caps add up to: the rest holds each process's CUDA
+# context and cuDNN workspace, which no backend's allocator cap counts.
+SHARE_HEADROOM = 0.9
 
 
 @dataclass(frozen=True)
@@ -37,28 +44,67 @@ class Slot:
     """One worker process: its name, the device it gets and its environment changes."""
 
     name: str
-    device: str  # "gpu:0", or "cpu"
+    device: str  # "gpu:0", "gpu:MIG-<uuid>", or "cpu"
     env: dict[str, str]
 
 
 def plan_workers(sweep: SweepConfig, gpus: Sequence[str]) -> list[Slot]:
     """The worker processes ``sweep.workers`` asks for on a host with ``gpus``.
 
-    ``auto`` is ``len(gpus) * trials_per_gpu`` workers, ``trials_per_gpu`` on each card in
-    turn, or one on a host without GPUs; a number N places N workers on the cards round-robin.
+    ``auto`` is ``len(gpus) * trials_per_gpu`` workers, or one on a host without GPUs; a
+    number N is N workers. Either way each GPU (a card, or a MIG instance) gets
+    ``trials_per_gpu`` workers before the next, and workers beyond ``len(gpus) *
+    trials_per_gpu`` wrap around to the first again. A worker sharing its GPU with others gets
+    its share, ``SHARE_HEADROOM`` split evenly, as ``SWEEPS_GPU_SHARE``.
     """
-    if sweep.workers == "auto":
-        count = len(gpus) * sweep.trials_per_gpu if gpus else 1
-        cards = [gpus[i // sweep.trials_per_gpu] for i in range(count)] if gpus else []
-    else:
-        count = int(sweep.workers)
-        cards = [gpus[i % len(gpus)] for i in range(count)] if gpus else []
+    per_gpu = sweep.trials_per_gpu
+    count = int(sweep.workers) if sweep.workers != "auto" else len(gpus) * per_gpu or 1
+    cards = [gpus[(i // per_gpu) % len(gpus)] for i in range(count)] if gpus else []
+    sharing = Counter(cards)
     slots = []
     for i in range(count):
-        env = {"CUDA_VISIBLE_DEVICES": cards[i]} if cards else {}
-        device = f"gpu:{cards[i]}" if cards else "cpu"
-        slots.append(Slot(f"w{i}", device, {**env, DEVICE_ENV: device}))
+        if not cards:
+            slots.append(Slot(f"w{i}", "cpu", {DEVICE_ENV: "cpu"}))
+            continue
+        card, device = cards[i], f"gpu:{cards[i]}"
+        # nvidia-smi counts cards in PCI order, CUDA fastest first unless told otherwise.
+        env = {"CUDA_VISIBLE_DEVICES": card, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", DEVICE_ENV: device}
+        if sharing[card] > 1:
+            env[SHARE_ENV] = f"{int(SHARE_HEADROOM / sharing[card] * 1000) / 1000:g}"
+        slots.append(Slot(f"w{i}", device, env))
     return slots
+
+
+def wrap_note(sweep: SweepConfig, gpus: Sequence[str]) -> str | None:
+    """What the parent says when there are more workers than GPUs times ``trials_per_gpu``."""
+    room = len(gpus) * sweep.trials_per_gpu
+    if sweep.workers == "auto" or not gpus or int(sweep.workers) <= room:
+        return None
+    return (
+        f"sweep.workers={sweep.workers} is more than {len(gpus)} GPUs x "
+        f"sweep.trials_per_gpu={sweep.trials_per_gpu}: the workers wrap around, more than "
+        f"{sweep.trials_per_gpu} on some GPUs"
+    )
+
+
+def memory_env(cfg: RunConfig, slot: Slot) -> dict[str, str]:
+    """The backend's GPU memory settings in a worker's environment, set before it starts.
+
+    JAX's are environment variables (``XLA_PYTHON_CLIENT_*``) read when its GPU client starts;
+    PyTorch and TensorFlow read the share (``SWEEPS_GPU_SHARE``) and ``train.gpu_memory_mb``
+    in the worker.
+
+    Raises:
+        ConfigError: ``train.gpu_memory_mb`` where the backend cannot apply it.
+    """
+    if cfg.train.backend != "jax":
+        return {}
+    card = slot.env.get("CUDA_VISIBLE_DEVICES")
+    mb = cfg.train.gpu_memory_mb if card else None
+    share = float(slot.env[SHARE_ENV]) if SHARE_ENV in slot.env else None
+    device_mb = host.device_memory_mb(card) if mb else None
+    environ = {**os.environ, **slot.env}
+    return jax_memory_env(environ, gpu_memory_mb=mb, device_mb=device_mb, share=share)
 
 
 def child_overrides(overrides: Sequence[str]) -> list[str]:
@@ -82,20 +128,27 @@ def launch_workers(
     """
     if os.environ.get(LAUNCHED_ENV) or cfg.sweep.workers == 1:
         return None
-    slots = plan_workers(cfg.sweep, visible_gpus())
+    gpus = host.visible_gpus()
+    slots = plan_workers(cfg.sweep, gpus)
     if len(slots) == 1 and cfg.sweep.workers == "auto":
         os.environ.update(slots[0].env)  # one card, or none: this process is the worker
         return None
-    return Launcher(cfg, slots, overrides, executable).run()
+    slots = [Slot(s.name, s.device, {**s.env, **memory_env(cfg, s)}) for s in slots]
+    return Launcher(cfg, slots, overrides, executable, note=wrap_note(cfg.sweep, gpus)).run()
 
 
 class Launcher:
     """Runs the worker processes of one ``run`` command and shows their output as one view."""
 
     def __init__(
-        self, cfg: RunConfig, slots: list[Slot], overrides: Sequence[str], executable: str
+        self,
+        cfg: RunConfig,
+        slots: list[Slot],
+        overrides: Sequence[str],
+        executable: str,
+        note: str | None = None,
     ) -> None:
-        self.cfg, self.slots = cfg, slots
+        self.cfg, self.slots, self.note = cfg, slots, note
         debug = ["--debug"] if os.environ.get("HYDRA_FULL_ERROR") == "1" else []
         self.argv = [executable, "-m", "sweeps", "run", *child_overrides(overrides), *debug]
         self.procs: list[subprocess.Popen] = []
@@ -115,6 +168,8 @@ class Launcher:
                 f"{socket.gethostname()} (sweep.workers={self.cfg.sweep.workers}, "
                 f"trials_per_gpu={self.cfg.sweep.trials_per_gpu})"
             )
+            if self.note:
+                self._say(self.note)
             _create_local_tracking(self.cfg)
             # A signal while they start: the ones started get it, no more are started.
             readers = [self._start(slot) for slot in self.slots if self.signal is None]
@@ -136,8 +191,8 @@ class Launcher:
         proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, text=True,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.procs.append(proc)
-        pinned = f", CUDA_VISIBLE_DEVICES={slot.env['CUDA_VISIBLE_DEVICES']}" if (
-            "CUDA_VISIBLE_DEVICES" in slot.env) else ""  # fmt: skip
+        shown = ("CUDA_VISIBLE_DEVICES", SHARE_ENV)
+        pinned = "".join(f", {k}={slot.env[k]}" for k in shown if k in slot.env)
         self._say(f"worker {slot.name}: pid {proc.pid}, device {slot.device}{pinned}")
         reader = threading.Thread(target=self._relay, args=(slot, proc), daemon=True)
         reader.start()

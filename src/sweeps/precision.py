@@ -1,8 +1,11 @@
 """``train.precision``: which Keras dtype policy a trial trains under, and why.
 
-``auto`` picks mixed bfloat16 on CPUs with bfloat16 instructions (AVX512_BF16 or AMX: oneDNN
-then runs convolutions and matrix products in bfloat16 at about half the CPU time), mixed
-float16 on NVIDIA GPUs of compute capability 7.0 or more (tensor cores), and float32 elsewhere.
+``auto`` picks, on an NVIDIA GPU, mixed bfloat16 at compute capability 8.0 or more (Ampere and
+later: bfloat16 tensor cores, and float32's range, so no loss scaling), mixed float16 at 7.x
+(Volta and Turing: float16 tensor cores; Keras compiles such a model with a
+``LossScaleOptimizer``, so small gradients do not vanish in float16), float32 below; without
+a GPU, mixed bfloat16 on CPUs with bfloat16 instructions (AVX512_BF16 or AMX: oneDNN then runs
+convolutions and matrix products in bfloat16 at about half the CPU time), float32 elsewhere.
 The host facts come from :mod:`sweeps.host`, without importing TensorFlow, so the
 `run` command can print and log the choice before any trial; setting the policy goes through
 ``keras.mixed_precision``, the same call on every Keras backend.
@@ -19,6 +22,7 @@ from sweeps import host
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 MIN_FP16_CAPABILITY = 7.0  # Volta: the first GPUs with float16 tensor cores
+MIN_BF16_CAPABILITY = 8.0  # Ampere: the first with bfloat16 tensor cores
 
 
 def resolve(requested: str, *, cpu_flags: Iterable[str], gpu_capability: float | None) -> str:
@@ -33,6 +37,8 @@ def resolve(requested: str, *, cpu_flags: Iterable[str], gpu_capability: float |
         return requested
     if gpu_capability is not None:
         # A GPU trains the model: the CPU's flags do not matter then.
+        if gpu_capability >= MIN_BF16_CAPABILITY:
+            return "mixed_bfloat16"
         return "mixed_float16" if gpu_capability >= MIN_FP16_CAPABILITY else "float32"
     flags = set(cpu_flags)
     return "mixed_bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"

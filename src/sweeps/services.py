@@ -128,12 +128,15 @@ def prepare_keras(cfg: RunConfig, progress: Any) -> tuple[Any, dict[str, Any], d
 def keras_trainer(cfg: RunConfig, data: Any) -> Any:
     """The trainer of this worker: in-process on the selected backend, or a process per trial."""
     if cfg.train.subprocess:
-        return SubprocessTrainer(data)  # each trial's process sets its backend up itself
+        # Each trial's process sets its backend up itself, inheriting JAX's memory settings
+        # from here: a gpu_memory_mb it cannot apply is refused once, before any trial.
+        backend.prepare_memory(cfg.train.backend, cfg.train.gpu_memory_mb)
+        return SubprocessTrainer(data)
     name = backend.select(cfg.train.backend)  # before the trainer imports Keras
     if name == "tensorflow":  # another backend's worker need not have TensorFlow at all
         configure_tensorflow(cfg.train.threads, gpu_memory_mb=cfg.train.gpu_memory_mb)
-    else:
-        backend.configure(name, cfg.train.threads)
+    else:  # the memory cap too, before Keras imports the backend
+        backend.configure(name, cfg.train.threads, cfg.train.gpu_memory_mb)
     return KerasTrainer(data)
 
 

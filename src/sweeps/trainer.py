@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import plots, precision
+from sweeps import backend, plots, precision
 from sweeps.data import AugmentSpec
 from sweeps.errors import TrialFailed, mask_config
 from sweeps.models import check_architecture, create_model
@@ -35,17 +35,19 @@ _KERAS_TO_OURS = {
 def configure_tensorflow(threads: int | None = None, *, gpu_memory_mb: int | None = None) -> None:
     """Process-wide TensorFlow settings; must run before the first model is built.
 
-    GPU memory growth lets several worker processes share one card; ``gpu_memory_mb`` caps
-    this process instead (a logical device of that size), so that ``sweep.trials_per_gpu``
+    GPU memory growth lets several worker processes share one card; a cap replaces it (a
+    logical device of that size): ``gpu_memory_mb``, else this worker's share of a card it
+    shares (``SWEEPS_GPU_SHARE`` of the card's memory), so that ``sweep.trials_per_gpu``
     workers cannot starve each other; ``threads`` pins TensorFlow's intra-op pool, so that
     two workers on one host do not fight for the cores.
     """
     import tensorflow as tf
 
+    limit_mb = backend.tensorflow_limit_mb(gpu_memory_mb)
     for gpu in tf.config.list_physical_devices("GPU"):
         with contextlib.suppress(RuntimeError):  # already initialised in this process
-            if gpu_memory_mb:  # TensorFlow refuses growth and a limit on one device
-                limit = tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_mb)
+            if limit_mb:  # TensorFlow refuses growth and a limit on one device
+                limit = tf.config.LogicalDeviceConfiguration(memory_limit=limit_mb)
                 tf.config.set_logical_device_configuration(gpu, [limit])
             else:
                 tf.config.experimental.set_memory_growth(gpu, True)
