@@ -59,10 +59,23 @@ def main() -> int:
         port = free_port()
         db = work / "sweeps-store" / "mlflow.db"
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                f"sqlite:///{db}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_for(lambda: http_ok(f"{base}/health"), 120, "mlflow ui to answer")
@@ -111,10 +124,17 @@ class DevTools:
 
     def __init__(self, chromium: str, profile: Path) -> None:
         self._cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-            f"--window-size={WIDTH},{HEIGHT}", "about:blank",
-        ]  # fmt: skip
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "about:blank",
+        ]
         self._next_id = 0
         self._buffer = b""
         self._session: str | None = None
@@ -131,9 +151,12 @@ class DevTools:
             os.dup2(write, 4)
 
         self._proc = subprocess.Popen(
-            self._cmd, close_fds=False, preexec_fn=give_pipe_fds,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            self._cmd,
+            close_fds=False,
+            preexec_fn=give_pipe_fds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._out = os.fdopen(to_chrome_w, "wb", buffering=0)
