@@ -267,30 +267,34 @@ def _md(text: str) -> str:
 
 @dataclass(frozen=True)
 class Study:
-    """A study file's header: what it is, its source, its commands, its data."""
+    """A study file's header: what it is and its source document."""
 
     name: str
     sentence: str
     source: str
-    commands: list[str]
 
 
 def read_study(path: Path) -> Study:
     lines = path.read_text(encoding="utf-8").splitlines()
     header = [ln for ln in lines[: _comment_block_end(lines, 0)] if "@package" not in ln]
-    text, source, commands = [], "", []
+    text: list[str] = []
+    source: list[str] = []
+    commands = False
     for line in header:
         body = line.removeprefix("#")
         if body.startswith("   ") and body.strip().startswith("python -m sweeps"):
-            commands.append(body.strip())
+            commands = True
         elif body.strip().startswith("Source:"):
-            source = body.strip().removeprefix("Source:").strip()
+            source.append(body.strip().removeprefix("Source:").strip())
+        elif source and not commands and body.strip():
+            source.append(body.strip())  # the source's sentence goes on to the commands
         elif not commands and not source:
             text.append(body.strip())
     sentence = " ".join(text)
     sentence = re.sub(rf"^{re.escape(path.stem)}:\s*", "", sentence, flags=re.IGNORECASE)
     end = re.search(r"\.(\s|$)", sentence)
-    return Study(path.stem, sentence[: end.start()] if end else sentence, source, commands)
+    first = sentence[: end.start()] if end else sentence
+    return Study(path.stem, first, " ".join(source))
 
 
 def studies_table(root: Path = ROOT) -> str:
@@ -321,19 +325,21 @@ def published(root: Path, study: str) -> str:
         changes = _changes(row.get("set") or {})
         note = row.get("note") or ""
         what = "; ".join(part for part in (changes, _md(note)) if part) or "—"
-        numbers = [_number(row.get("published", {}).get(m)) for m in metrics]
-        out.append(f"| `{name}` | {what} | " + " | ".join(numbers) + " |")
+        numbers = [_number((row.get("published") or {}).get(m)) for m in metrics]
+        out.append("| " + " | ".join([f"`{name}`", what, *numbers]) + " |")
     return "\n".join(out)
 
 
 def _changes(overrides: dict[str, Any]) -> str:
     parts = []
     for key, value in overrides.items():
-        if isinstance(value, dict) and key == "model":
-            value = value.get("name", "…")  # a whole model node: name it
-            parts.append(f"`model` → `{value}`")
+        if isinstance(value, dict) and key == "model":  # a whole model node: its gist
+            gist = [f"`{k}={value[k]}`" for k in ("base", "trainable_layers") if k in value]
+            parts.append(
+                f"`model` → `{value.get('name', '…')}`" + (f" ({', '.join(gist)})" if gist else "")
+            )
             continue
-        shown = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        shown = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()
         shown = shown.removesuffix("...").strip()
         parts.append(f"`{key}={shown}`")
     return ", ".join(parts)
