@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import shutil
 import tempfile
 import tomllib
@@ -56,7 +57,12 @@ def installed_layout(root: Path) -> Path:
     """A temporary folder whose packages sit as `pip install` puts them, linked to `root`."""
     setuptools = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     package_dir: dict[str, str] = setuptools["tool"]["setuptools"]["package-dir"]
-    tree = Path(tempfile.mkdtemp(prefix="sweeps-docs-api-"))
+    # One folder per checkout, remade on every build: `mkdocs serve` rebuilds often and is
+    # usually stopped by a signal, which skips atexit, so fresh names would pile up.
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    tree = Path(tempfile.gettempdir()) / f"sweeps-docs-api-{digest}"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir()
     atexit.register(shutil.rmtree, tree, ignore_errors=True)
     for name in sorted(package_dir, key=lambda n: n.count(".")):
         source = root / package_dir[name]
