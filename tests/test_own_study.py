@@ -1,7 +1,7 @@
-"""The README's "Your own study" walk-through, run as written through the real CLI.
+"""The "Your own study" walk-through (docs/how-to/own-data.md), run as written through the CLI.
 
-The study file and the model module are the README's own code blocks, and the commands are its
-bash block, so the test breaks when the README drifts. Only the sizes shrink (appended
+The study file and the model module are the page's own code blocks, and the commands are its
+bash block, so the test breaks when the page drifts. Only the sizes shrink (appended
 overrides, as a user would type them): a generated three-class folder of tiny images, one
 epoch, two search trials, one seed per variant; the ablation trains each trial in its own
 process (``train.subprocess=true``), which must find the user's module as well.
@@ -19,7 +19,7 @@ import yaml
 from cli_helpers import run_cli
 from imagegen import make_image_folder
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "own-data.md"
 SECTION = "## Your own study"
 SHRINK = (
     "train.epochs=1",
