@@ -36,3 +36,15 @@ def test_declared_packages_map_to_folders_of_the_checkout() -> None:
         if folder is None:
             folder = ROOT / package_dir[parent] / leaf
         assert folder.is_dir(), f"{name} -> {folder}"
+
+
+def test_every_python_package_of_the_source_is_declared() -> None:
+    # An undeclared subpackage is left out of a wheel (the Docker image's `pip install .`),
+    # though an editable install finds it: the image would fail at its first import.
+    setuptools = _setuptools()
+    declared = set(setuptools["packages"])
+    for name, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            package = ".".join((name, *parts))
+            assert package in declared, f"{package} ({init.parent}) is not in packages"
