@@ -17,7 +17,7 @@ from imagegen import make_image_folder
 from rich.console import Console
 from sweeps.data import fashion_mnist
 
-from sweeps.catalogue import study_names
+from sweeps.catalogue import conf_dir, study_names
 from sweeps.config import RunConfig, load
 from sweeps.plan import plan_rows
 from sweeps.report import report_study
@@ -94,6 +94,29 @@ def test_age_gap_has_every_row_of_the_post() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("study", STUDIES)
+def test_a_study_that_sets_patience_says_why(study: str) -> None:
+    # Patience ends each row at its own plateau, which widens an ablation's paired spread:
+    # off by default, and a study that turns it on gives its reason beside it.
+    text = (conf_dir() / "study" / f"{study}.yaml").read_text()
+    lines = text.splitlines()
+    found = [i for i, line in enumerate(lines) if line.strip().startswith("patience:")]
+    for i in found:
+        if lines[i].split(":", 1)[1].split("#")[0].strip() in ("null", "~", ""):
+            continue
+        block = i
+        while block > 0 and not lines[block - 1].startswith("#") and lines[block - 1].strip():
+            block -= 1  # up through the section to the comment above it
+        comment = []
+        while block > 0 and lines[block - 1].startswith("#"):
+            block -= 1
+            comment.insert(0, lines[block])
+        said = " ".join(comment).lower() + lines[i].lower()
+        assert "plateau" in said or "patience" in said or "epoch" in said, (
+            f"{study}: train.patience is set without a comment saying why"
+        )
+
+
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_plans_without_data(study: str) -> None:
     mode = "sweep.mode=search" if study == "quickstart" else "sweep.mode=ablation"

@@ -43,7 +43,7 @@ class Trainer(Protocol):
 
 
 class Progress(Protocol):
-    def start(self, total: int | None, done: int) -> None: ...
+    def start(self, total: int | None, done: int, plan: str = "") -> None: ...
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
     def trial_ended(self, number: int, state: str, value: float | None, note: str) -> None: ...
     def stop(self) -> None: ...
@@ -159,7 +159,9 @@ class Engine:
             self.tracker.reopen_run(self.parent_run)  # a finished study given more trials
         started = time.monotonic()
         if self.progress:
-            self.progress.start(self._target(), self.ledger.counts()[0])
+            self.progress.start(
+                _target(self.cfg), self.ledger.counts()[0], _plan(self.cfg, self.rule)
+            )
         try:
             while True:
                 raise_if_stopped()  # a signal a library swallowed: no further trial
@@ -247,13 +249,6 @@ class Engine:
             maximize=self.study.direction.name == "MAXIMIZE",
         )  # fmt: skip
         return complete
-
-    def _target(self) -> int | None:
-        if self.cfg.sweep.mode == "ablation":
-            if self.cfg.sweep.auto_repeats:
-                return None  # decided round by round
-            return len(self.cfg.variants) * self.cfg.sweep.repeat_budget
-        return self.cfg.sweep.n_trials
 
     def _has_work(self, done: int, running: int, waiting: int) -> bool:
         """Whether a trial waits to be started (search: or may still be sampled).
@@ -354,3 +349,23 @@ def _record_best(study: Any, summary: Summary) -> None:
     summary.best_value, summary.best_params = best.value, dict(best.params)
     summary.best_number = best.number
     summary.best_test = {k: float(v) for k, v in best.user_attrs.items() if k.startswith("test_")}
+
+
+def _target(cfg: RunConfig) -> int | None:
+    """The study's total of trials, or None when rounds decide it (repeats=auto)."""
+    if cfg.sweep.mode == "ablation":
+        if cfg.sweep.auto_repeats:
+            return None
+        return len(cfg.variants) * cfg.sweep.repeat_budget
+    return cfg.sweep.n_trials
+
+
+def _plan(cfg: RunConfig, rule: Any) -> str:
+    """What a study without a fixed total will run (repeats=auto), said at its start."""
+    if _target(cfg) is not None or rule is None:
+        return ""
+    return (
+        f"repeats=auto: {len(cfg.variants) - 1} row(s) against the baseline, "
+        f"{rule.min_repeats} to {rule.max_repeats} seeds each, one more round while a row "
+        "is undecided"
+    )

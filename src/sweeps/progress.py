@@ -83,11 +83,15 @@ class ConsoleProgress:
         """One dim line (the data summary, the backend)."""
         self.console.print(f"[dim]{text}[/dim]")
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, plan: str = "") -> None:
+        """The study's opening line: what it holds, and (``total`` None) what it will run."""
         self.total, self.done = total, done
         self._t0 = time.monotonic()
-        target = f"{total} trials" if total else "trials"
-        self.console.print(f"[bold]study {self.study}[/bold]: {done} of {target} already done")
+        if total:
+            line = f"{done} of {total} trials already done"
+        else:
+            line = f"{done} trials already done" + (f"; {plan}" if plan else "")
+        self.console.print(f"[bold]study {self.study}[/bold]: {line}")
         if self.use_live and (total is None or done < total):
             self._live = Live(
                 get_renderable=self._render,

@@ -27,6 +27,14 @@ def report_search(
     ranked = sorted(trials, key=lambda t: t.value, reverse=maximize)
     importance, why_not = importances(ranked, study.direction)
     metric = cfg.sweep.metric
+    md = _search_markdown(cfg, ranked[:top_k], importance, why_not, out / "search.md")
+    if not console.is_terminal:  # a pipe or a CI log: the Markdown tables, never wrapped
+        title = (f"search of {cfg.sweep.name}: best {min(top_k, len(ranked))} of "
+                 f"{len(ranked)} complete trials by {metric}")  # fmt: skip
+        console.print(title, markup=False, highlight=False)
+        for line in md.read_text().splitlines()[1:]:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return _files(study, trials, ranked, importance, metric, md, out)
     table = Table(
         title=f"search of {cfg.sweep.name}: best {min(top_k, len(ranked))} of "
         f"{len(ranked)} complete trials by {metric}"
@@ -47,9 +55,14 @@ def report_search(
         console.print(imp)
     else:
         console.print(f"parameter importances: not computed ({why_not})")
+    return _files(study, trials, ranked, importance, metric, md, out)
+
+
+def _files(study: Any, trials: list[Any], ranked: list[Any], importance: dict[str, float],
+           metric: str, md: Path, out: Path) -> list[tuple[Path, str]]:  # fmt: skip
     paths = [
         _search_csv(ranked, out / "search.csv"),
-        _search_markdown(cfg, ranked[:top_k], importance, why_not, out / "search.md"),
+        md,
         plot_search(study, trials, importance, metric, out / "search.png"),
     ]
     return [(p, "report") for p in paths]
