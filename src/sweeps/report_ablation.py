@@ -87,7 +87,9 @@ def report_ablation(
         console.print()
         if markdown:
             console.print(f"{_title(metric, decided)}\n", markup=False, highlight=False)
-            for line in _md_table(_md_headers(decided), [_md_cells(r, metric) for r in rows]):
+            for line in _md_table(
+                _md_headers(decided), [_md_cells(r, metric, decided) for r in rows]
+            ):
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             console.print(_rich_table(metric, rows, console.width, decided))
