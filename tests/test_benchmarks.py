@@ -27,6 +27,8 @@ RATIOS = {
     "answer": ["fast_wall_over_exhaustive", "float32_cpu_per_epoch_over_auto",
                "decided_rows_agreeing_share"],
     "backends": ["jax_over_tensorflow_age_gap_float32", "jax_over_tensorflow_fashion_float32"],
+    "verdicts": ["fwer_over_alpha_s0.01", "unlocked_fwer_over_alpha_s0.01",
+                 "null_repeats_over_max_s0.01"],
 }  # fmt: skip
 MACHINE = {"cpu_count", "platform", "python", "tensorflow", "keras", "optuna", "mlflow"}
 

@@ -115,7 +115,7 @@ def test_a_key_added_to_the_yaml_appears_without_editing_the_docs(tmp_path: Path
 
 def test_meaning_comes_from_the_comment_on_or_above_a_key() -> None:
     keys = {k.path: k.meaning for k in docgen.read_config_file(CONF / "config.yaml").keys}
-    assert keys["report.margin"].startswith("ablation: equivalence band")
+    assert keys["report.margin"].startswith("equivalence band +/- margin")  # the comment on it
     assert keys["seed"].startswith("Base seed.")  # the comment block above it
     sweep = {k.path: k.meaning for k in docgen.read_config_file(CONF / "sweep" / "default.yaml",
                                                                  prefix="sweep.").keys}  # fmt: skip

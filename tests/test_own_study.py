@@ -109,7 +109,8 @@ def test_own_study_from_the_readme_searches_ablates_and_reports(tmp_path: Path) 
 
     report = out["report +study=shapes"]
     for name in variants:
-        assert re.search(rf"^\s*{re.escape(name)}\b", report, re.MULTILINE), report
+        # Piped, the report's tables are Markdown: one row per variant.
+        assert re.search(rf"^\|\s*{re.escape(name)}\s*\|", report, re.MULTILINE), report
 
     # No litter: trial scratch folders and their study folder are gone; `report` and `studies`
     # leave no Hydra run folder (each `run` keeps its log).

@@ -203,6 +203,13 @@ def test_ablation_markdown_shows_published_numbers_beside_intervals(store: Path)
     assert "0.2146" in loss and "0.4637" in loss and "| -0.0500 ± 0.0430 |" in loss
     assert "## val acc" in md and "## variants" in md
     assert "graphical Holm group-sequential paired t" in md  # the recorded rule is named
+    # Every row of every table has exactly its header's columns (the published column lines up).
+    for table in md.split("\n\n"):
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        if rows:
+            assert {line.count(" | ") for line in rows if "---" not in line} == {
+                rows[0].count(" | ")
+            }, table
 
 
 def test_report_is_logged_to_the_parent_run(store: Path) -> None:

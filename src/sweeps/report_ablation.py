@@ -447,9 +447,10 @@ def _md_cells(row: dict[str, Any], metric: str, decided: bool = True) -> list[st
     mean = _pm(*(row[f"{metric}_{k}"] for k in ("mean", "ci_low", "ci_high")))
     published = number(row[f"published_{metric}"])
     if row["baseline"]:
-        blanks = 9 if decided else 4
+        # Decided: 14 columns, published is the 12th; described: 9, published the 8th.
+        blanks = 7 if decided else 4
         cells = [row["variant"], _runs_text(row)] + (["", mean] if decided else [mean])
-        return [*cells, *[""] * blanks, published] + ([""] if decided else [""])
+        return [*cells, *[""] * blanks, published] + (["", ""] if decided else [""])
     low, high = row[f"{metric}_boot_low"], row[f"{metric}_boot_high"]
     boot = "—" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
     pub_diff = row[f"published_{metric}_diff"]
