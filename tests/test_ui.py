@@ -318,10 +318,11 @@ def _search_study(n: int):
 def test_search_report_fits_80_columns_and_never_breaks_a_number(tmp_path):
     study = _search_study(6)
     cfg = compose("quickstart", store=tmp_path / "store")
-    console = _captured(80)
+    # The width is a terminal's promise: piped, the report is Markdown (one row per line).
+    console = _captured(80, terminal=True)
     trials = study.get_trials(deepcopy=False)
     report_search(cfg, study, trials, 10, tmp_path, console)
-    text = console.file.getvalue()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", console.file.getvalue())
     assert max(len(line) for line in text.splitlines()) <= 80, text
     for t in trials:
         assert f"{t.value:.4f}" in text and f"{t.user_attrs['test_acc']:.4f}" in text
