@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,12 +75,19 @@ class PostgresCluster:
                   "-E", "UTF8", "--locale=C")  # fmt: skip
         pwfile.unlink()
         # Durability settings off: the cluster lives for one test session.
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses={self.host} "
+        self.options = (f"-p {self.port} -k {self.root} -c listen_addresses={self.host} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=200")  # fmt: skip
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                  "-t", "60", "-o", options, "start")  # fmt: skip
+                  "-t", "60", "-o", self.options, "start")  # fmt: skip
         return self
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stops the server (closing every connection), waits, starts it again: a failover."""
+        self.stop()
+        time.sleep(down_seconds)
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
+                  "-t", "60", "-o", self.options, "start")  # fmt: skip
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

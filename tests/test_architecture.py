@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("values and pure functions", {
         "sweeps", "sweeps.errors", "sweeps.keys", "sweeps.signals", "sweeps.host",
         "sweeps.userpath", "sweeps.quiet", "sweeps.stats", "sweeps.space", "sweeps.plots",
-        "sweeps.report_files", "sweeps.precision", "sweeps.backend",
+        "sweeps.report_files", "sweeps.precision", "sweeps.backend", "sweeps.resume",
     }),
     ("models and data", {"sweeps.models", "sweeps.data"}),
     ("config", {"sweeps.config", "sweeps.catalogue"}),

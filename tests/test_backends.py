@@ -407,7 +407,7 @@ def test_a_trial_trains_reports_and_tests_on_every_backend(name, store, tmp_path
     data = load_dataset("digits")
     spec = tiny_spec(store, name)
     reports = []
-    outcome = SubprocessTrainer(data).run(spec, lambda e, m: reports.append(e))
+    outcome = SubprocessTrainer(data).run(spec, lambda e, m, state=None: reports.append(e))
     here = create_model(spec.model_name, input_shape=(8, 8, 1), num_classes=10, **spec.model_kwargs)
 
     assert reports == [1, 2] and len(outcome.history) == 2

@@ -10,6 +10,7 @@ addresses; everything else is taken from the file and from ``.env.example``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -37,8 +38,17 @@ pytest_plugins = ["pg"]  # the `postgres` fixture: a throwaway PostgreSQL cluste
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SERVICES = {"postgres", "mlflow", "optuna-dashboard", "worker"}
-CREDENTIALS = ("POSTGRES_USER", "POSTGRES_PASSWORD")
+SERVICES = {
+    "postgres",
+    "minio",
+    "minio-bucket",
+    "mlflow",
+    "optuna-dashboard",
+    "pgbouncer",
+    "worker",
+}
+CREDENTIALS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY")  # never on a command line
 DASHBOARD = Path(sys.executable).parent / "optuna-dashboard"
 
 # -- reading the compose file the way docker compose does -----------------------------------
@@ -98,7 +108,7 @@ def test_compose_declares_the_services_and_their_wiring():
     assert set(svc) == SERVICES
 
     pg = svc["postgres"]
-    assert pg["image"] == "postgres:15"
+    assert re.fullmatch(r"postgres:15\.\d+", pg["image"])
     assert "ports" not in pg, "the database must not be published"
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     data_volume = next(v for v in pg["volumes"] if v.endswith(":/var/lib/postgresql/data"))
@@ -106,10 +116,11 @@ def test_compose_declares_the_services_and_their_wiring():
 
     mlflow = command(svc["mlflow"])
     assert mlflow[:2] == ["mlflow", "server"]
-    assert mlflow[mlflow.index("--backend-store-uri") + 1].startswith("postgresql://")
+    assert "--backend-store-uri" not in mlflow  # MLFLOW_BACKEND_STORE_URI: not in argv
+    assert svc["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     assert "--serve-artifacts" in mlflow
-    assert mlflow[mlflow.index("--artifacts-destination") + 1] == "/mlartifacts"
-    assert "mlartifacts:/mlartifacts" in svc["mlflow"]["volumes"]
+    assert mlflow[mlflow.index("--artifacts-destination") + 1] == "s3://sweeps-artifacts/mlflow"
+    assert "volumes" not in svc["mlflow"], "artifacts live in the bucket, not on a volume"
     assert "mlflow:5000" in mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
     assert [p.split(":")[-1] for p in svc["mlflow"]["ports"]] == ["5000"]
     assert svc["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -129,8 +140,42 @@ def test_compose_declares_the_services_and_their_wiring():
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
 
-    dashboard = command(svc["optuna-dashboard"])
-    assert dashboard[0] == "optuna-dashboard" and "@postgres:5432/" in dashboard[1]
+    dashboard = svc["optuna-dashboard"]
+    assert command(dashboard)[:2] == ["python", "-c"] and "OPTUNA_STORAGE" in command(dashboard)[2]
+    assert "@postgres:5432/" in dashboard["environment"]["OPTUNA_STORAGE"]
+    assert [p.rsplit(":", 1)[0] for p in dashboard["ports"]] == ["127.0.0.1:8080"]  # loopback
+
+
+def test_compose_keeps_artifacts_in_minio_and_gives_pre_emption_its_grace():
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    svc = services(read_env_file(ENV_EXAMPLE))
+    # Every image pinned to a release; the two built here have no image line.
+    for name, service in raw["services"].items():
+        if "image" in service:
+            repo, _, tag = service["image"].rpartition(":")
+            assert repo and tag and tag != "latest" and not tag.isdigit(), f"{name}: {tag}"
+    assert svc["minio"]["image"].startswith("minio/minio:RELEASE.")
+    assert "minio-data:/data" in svc["minio"]["volumes"] and "ports" not in svc["minio"]
+    bucket = svc["minio-bucket"]
+    assert bucket["image"].startswith("minio/mc:RELEASE.") and bucket["restart"] == "no"
+    assert "mc mb --ignore-existing" in " ".join(command(bucket))
+    assert bucket["environment"]["MC_HOST_minio"].endswith("@minio:9000")
+    mlflow = svc["mlflow"]
+    assert mlflow["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(mlflow["environment"])
+    worker = svc["worker"]
+    assert not [k for k in worker["environment"] if k.startswith(("AWS_", "S3_"))]
+    # SIGTERM: the worker exits 75 within seconds; the rest is for queued MLflow writes.
+    assert worker["init"] is True and worker["stop_grace_period"] == "90s"
+    assert "worker-store:/home/sweeps/sweeps-store" in worker["volumes"]
+    assert {"pgdata", "minio-data", "worker-store"} == set(raw["volumes"])
+    # PgBouncer only with --profile pooler; the workers reach it through SWEEPS_DB_HOST.
+    bouncer = svc["pgbouncer"]
+    assert bouncer["profiles"] == ["pooler"] and bouncer["environment"]["POOL_MODE"] == "session"
+    assert worker["depends_on"]["pgbouncer"]["required"] is False
+    pooled = services({**read_env_file(ENV_EXAMPLE), "SWEEPS_DB_HOST": "pgbouncer"})
+    assert pooled["worker"]["environment"]["POSTGRES_HOST"] == "pgbouncer"
 
 
 def test_credentials_come_from_env_only():
@@ -143,7 +188,13 @@ def test_credentials_come_from_env_only():
     urls = re.findall(r"postgresql://\S+", raw)
     assert urls and all(u.startswith("postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@")
                         for u in urls)  # fmt: skip
-    assert example["POSTGRES_PASSWORD"] not in raw
+    assert example["POSTGRES_PASSWORD"] not in raw and example["S3_SECRET_KEY"] not in raw
+    # No secret on any command line: each as a token, wherever it lands.
+    tokens = {**example, **{key: f"<{key}>" for key in SECRETS}}
+    for name, service in services(tokens).items():
+        for part in ("command", "entrypoint", "healthcheck"):
+            text = json.dumps(service.get(part, ""))
+            assert not [k for k in SECRETS if f"<{k}>" in text], f"{name}: {part}"
     # Every variable compose insists on is documented in .env.example.
     required = set(re.findall(r"\$\{(\w+):?\?", raw))
     assert required and required <= set(example)
@@ -224,11 +275,13 @@ def stack(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -
     subprocess.run(["sh", str(ROOT / init)], env={**postgres.client_env(), **env,
                    "POSTGRES_DB": "postgres"}, check=True, capture_output=True)  # fmt: skip
     port = free_port()
-    argv = local_argv(command(svc["mlflow"]),
-                      {"@postgres:5432/": f"@{postgres.host}:{postgres.port}/"})  # fmt: skip
-    argv = option(argv, "--artifacts-destination", str(root / "mlartifacts"))
+    argv = local_argv(command(svc["mlflow"]), {})
+    argv = option(argv, "--artifacts-destination", str(root / "mlartifacts"))  # the bucket, here
     argv = option(option(argv, "--host", "127.0.0.1"), "--port", str(port))
-    server = start(argv, root / "mlflow.log")
+    backend = svc["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    here = {"MLFLOW_BACKEND_STORE_URI": backend.replace(
+        "@postgres:5432/", f"@{postgres.host}:{postgres.port}/")}  # fmt: skip
+    server = start(argv, root / "mlflow.log", env={**os.environ, **here})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=180)
         yield Stack(postgres, env, f"http://127.0.0.1:{port}", root / "mlartifacts")
@@ -326,10 +379,12 @@ def test_dashboard_service_command_shows_the_study(stack, tmp_path):
     optuna.create_study(study_name="seen-by-dashboard", storage=url)
     env = {**stack.env, "POSTGRES_DB": db}
     port = free_port()
-    argv = local_argv(command(services(env)["optuna-dashboard"]),
-                      {"@postgres:5432/": f"@{stack.pg.host}:{stack.pg.port}/"})  # fmt: skip
-    argv = option(option(argv, "--host", "127.0.0.1"), "--port", str(port))
-    server = start(argv, tmp_path / "dashboard.log")
+    dashboard = services(env)["optuna-dashboard"]
+    here = {'host="0.0.0.0", port=8080': f'host="127.0.0.1", port={port}'}
+    argv = local_argv(command(dashboard), here)
+    storage = dashboard["environment"]["OPTUNA_STORAGE"].replace(
+        "@postgres:5432/", f"@{stack.pg.host}:{stack.pg.port}/")  # fmt: skip
+    server = start(argv, tmp_path / "dashboard.log", env={**os.environ, "OPTUNA_STORAGE": storage})
     try:
         wait_http(f"http://127.0.0.1:{port}/api/studies", timeout=60)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as resp:
@@ -433,12 +488,22 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_others(stack, tm
     assert len(counted) == N_TRIALS and all(t.state == TrialState.COMPLETE for t in counted)
 
     client = mlflow_client(stack)
-    killed_run = client.get_run(killed.user_attrs["mlflow_run_id"])
-    assert killed_run.info.status == "FAILED"
-    assert killed_run.data.tags["sweeps.state"] == "FAIL"
+    killed_id = killed.user_attrs["mlflow_run_id"]
     retry_run = client.get_run(retry.user_attrs["mlflow_run_id"])
     assert retry_run.info.status == "FINISHED"
-    assert retry_run.data.tags["sweeps.retry_of_run"] == killed_run.info.run_id
+    if "sweeps.resumed_at_epoch" in retry.user_attrs:
+        # Killed after an epoch's state was saved: the retry went on in the killed run.
+        assert retry_run.info.run_id == killed_id
+        assert retry_run.data.tags["sweeps.resumed_at_epoch"] == str(
+            retry.user_attrs["sweeps.resumed_at_epoch"]
+        )
+        expected = ["FINISHED"] * N_TRIALS
+    else:  # killed before its first epoch ended: a fresh run, the killed one FAILED
+        killed_run = client.get_run(killed_id)
+        assert killed_run.info.status == "FAILED"
+        assert killed_run.data.tags["sweeps.state"] == "FAIL"
+        assert retry_run.data.tags["sweeps.retry_of_run"] == killed_id
+        expected = ["FAILED"] + ["FINISHED"] * N_TRIALS
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], "tags.`sweeps.role` = 'trial'")
-    assert sorted(r.info.status for r in runs) == ["FAILED"] + ["FINISHED"] * N_TRIALS
+    assert sorted(r.info.status for r in runs) == expected

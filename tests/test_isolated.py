@@ -14,6 +14,7 @@ import pytest
 from conftest import compose
 from sweeps.models import ArchitectureError
 
+from sweeps import resume
 from sweeps.config import apply_overrides
 from sweeps.errors import TrialFailed
 from sweeps.isolated import SubprocessTrainer
@@ -43,8 +44,10 @@ def trial_processes() -> list[multiprocessing.Process]:
 def test_a_trial_trains_in_its_own_process_and_reports_here(trainer, store):
     reports = []
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        # Runs in this process while the trial's process waits for the answer.
+    def report(epoch: int, metrics: dict[str, float], state: Path | None = None) -> None:
+        # Runs in this process while the trial's process waits for the answer; the state
+        # the trial process saved at the epoch's end is here to upload.
+        assert state is not None and resume.read_meta(state).epoch == epoch
         reports.append((epoch, metrics, os.getpid(), [p.pid for p in trial_processes()]))
 
     outcome = trainer.run(spec(store), report)
@@ -66,7 +69,7 @@ def test_report_raising_stops_the_trial_process(trainer, store):
 
     epochs = []
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
+    def report(epoch: int, metrics: dict[str, float], state: Path | None = None) -> None:
         epochs.append(epoch)
         raise Prune("pruned at epoch 1")
 
@@ -77,7 +80,7 @@ def test_report_raising_stops_the_trial_process(trainer, store):
 
 
 def test_a_crashed_trial_process_is_a_failed_trial_with_its_exit_code(trainer, store):
-    def report(epoch: int, metrics: dict[str, float]) -> None:
+    def report(epoch: int, metrics: dict[str, float], state: Path | None = None) -> None:
         (child,) = trial_processes()
         os.kill(child.pid, signal.SIGKILL)  # as the out-of-memory killer would
         child.join(10)
@@ -92,7 +95,7 @@ def test_an_error_in_the_trial_process_keeps_its_type(trainer, store):
     collapsing = spec(store, **{"model.depth": 3, "model.kernel_size": 5, "model.padding": "valid"})
 
     with pytest.raises(ArchitectureError):
-        trainer.run(collapsing, lambda epoch, metrics: None)
+        trainer.run(collapsing, lambda epoch, metrics, state=None: None)
     assert trial_processes() == []
 
 
@@ -146,7 +149,7 @@ def test_sigterm_during_a_trial_fails_it_and_ends_its_process(tmp_path):
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
 
-    assert proc.wait(timeout=60) == 143, (tmp_path / "worker.log").read_text()[-2000:]
+    assert proc.wait(timeout=60) == 75, (tmp_path / "worker.log").read_text()[-2000:]
     assert gone(child, within=2.0)
     journal = JournalFileBackend(str(tmp_path / "store" / "optuna.journal"))
     storage = optuna.storages.JournalStorage(journal)

@@ -41,7 +41,7 @@ def _play(curve: list[float], patience: int | None, metric: str = "val_acc"):
     """Feeds ``curve`` to the trainer's callback epoch by epoch, as Keras's fit loop would."""
     from sweeps.trainer import _best_epoch
 
-    keeper = _best_epoch(lambda epoch, metrics: None, metric, patience)
+    keeper = _best_epoch(lambda epoch, metrics, state=None: None, metric, patience)
     model = _Model()
     keeper.set_model(model)
     ran = 0
@@ -203,7 +203,6 @@ def test_a_mig_instance_has_the_capability_of_its_card(tmp_path, monkeypatch):
 )
 def test_float16_compiles_with_loss_scaling_and_the_others_without(policy, scaled):
     import keras
-
     from sweeps.models.compile import compile_model
 
     with precision.policy(policy):  # as the trainer builds and compiles a trial's model

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from sweeps.errors import ConfigError
 from sweeps.keys import WORKER_ATTR
+from sweeps.recovery import RETRIES_ATTR
 from sweeps.runner import run_study
 from sweeps.services import open_tracker
 from sweeps.storage import open_storage
@@ -121,31 +122,29 @@ class AlwaysDies(FakeTrainer):
         raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("max_retries", [0, 2])
-def test_a_trial_that_keeps_dying_is_retried_at_most_max_retries_times(store, max_retries):
+def test_a_trial_stopped_again_and_again_is_requeued_each_time_without_spending_a_retry(store):
+    """A stop (Ctrl-C, pre-emption) is not the trial's fault: even with no retries to spend,
+    the trial is queued again with its parameters until a worker finishes it. Crashes spend
+    ``storage.max_retries`` (tests/test_preempt.py)."""
     cfg = compose(
-        "quickstart",
-        "sweep.n_trials=1",
-        "train.epochs=1",
-        f"storage.max_retries={max_retries}",
-        store=store,
+        "quickstart", "sweep.n_trials=1", "train.epochs=1", "storage.max_retries=0", store=store
     )
     params = []
-    for _ in range(max_retries + 1):
+    for _ in range(3):
         trainer = AlwaysDies()
         assert run_study(cfg, trainer=trainer) == 130
         params.append(trainer.specs[0].params)
     assert all(p == params[0] for p in params)  # every retry carries the first one's params
     trainer = FakeTrainer()
     assert run_study(cfg, trainer=trainer) == 0
-    assert trainer.specs == []  # given up: nothing is retried any more
+    assert [s.params for s in trainer.specs] == [params[0]]
     trials = _study(cfg).trials
-    assert len(trials) == 1 + max_retries
-    assert all(t.state == TrialState.FAIL for t in trials)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
     for k, t in enumerate(trials[1:], start=1):  # each retry names the trial it replays
         assert t.system_attrs["failed_trial"] == 0 and t.system_attrs["retry_history"] == list(
             range(k)
         )
+        assert t.system_attrs[RETRIES_ATTR] == 0
 
 
 def test_a_trial_retried_twice_still_leaves_the_study_its_full_count(store):

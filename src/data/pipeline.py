@@ -30,6 +30,7 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     cache: bool = True,
+    start_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 1], int64 labels) from one split.
 
@@ -50,6 +51,9 @@ def make_dataset(
             batches, epoch by epoch.
         cache: Accepted for older callers: the images are resized once, up front, and kept
             in memory (uint8) either way.
+        start_epoch: The epoch (from 0) of the first iteration, for a trial that resumes:
+            the order goes on as if the earlier epochs had been served; augmentation draws
+            come from a seed derived from it.
     """
     del cache
     x = prepare_images(split.x, as_size(image_size, "make_dataset"), channels)
@@ -57,7 +61,7 @@ def make_dataset(
         # The order comes from `arrays.epoch_order`, as in the PyDataset pipeline, so both
         # backends' pipelines give the same batches for a seed; a batch of indices is gathered
         # at once.
-        ds = _epoch_orders(len(split), seed).batch(batch_size)
+        ds = _epoch_orders(len(split), seed, start_epoch).batch(batch_size)
         images, labels = tf.constant(x), tf.constant(split.y)
         ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
     else:
@@ -66,7 +70,7 @@ def make_dataset(
     # memory than float32; 256x256 RGB splits reach gigabytes otherwise).
     ds = ds.map(_rescale, num_parallel_calls=AUTOTUNE)
     if augment is not None and augment.active:
-        ds = _augment(ds, augment, seed)
+        ds = _augment(ds, augment, seed + 100_003 * start_epoch)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -104,13 +108,13 @@ def make_datasets(
     }
 
 
-def _epoch_orders(n: int, seed: int) -> tf.data.Dataset:
+def _epoch_orders(n: int, seed: int, start: int = 0) -> tf.data.Dataset:
     """The indices of one epoch, in `epoch_order`'s order; each new iteration is the next epoch.
 
     Keras iterates a `tf.data.Dataset` afresh every epoch, one epoch after the other, so a
     counter of iterations is the epoch number.
     """
-    epochs = itertools.count()
+    epochs = itertools.count(start)
 
     def order():
         yield epoch_order(n, seed, next(epochs))

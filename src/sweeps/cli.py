@@ -207,7 +207,7 @@ def _omegaconf_message(exc: Exception) -> str:
 
 
 def _install_signal_handlers() -> None:
-    """SIGINT and SIGTERM end the running trial as FAIL (queued again), exiting 130 or 143."""
+    """SIGINT and SIGTERM end the running trial to be resumed, exiting 130 or 75 (requeue)."""
     from sweeps.signals import on_stop_signal
 
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # nohup, a background job

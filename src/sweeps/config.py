@@ -55,6 +55,9 @@ class TrainConfig:
     # Per-process cap on GPU memory (MB) on every backend (JAX: as a fraction of the card's
     # memory), instead of the share a worker gets of a card it shares (sweeps.backend).
     gpu_memory_mb: int | None = None
+    # Save a resumable state at every epoch end (sweeps.resume), so that a stopped or crashed
+    # trial goes on from its last epoch, in the same MLflow run.
+    resumable: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ class StorageConfig:
     heartbeat_interval: int = 60
     grace_period: int = 180
     max_retries: int = 2
+    # RDB storages: a storage call failing on a lost connection is retried for this long
+    # (a database restart or failover), each worker keeping at most pool_size connections.
+    retry_timeout: float = 120.0
+    pool_size: int = 2
+    pool_pre_ping: bool = True
 
 
 @dataclass(frozen=True)
@@ -400,10 +408,11 @@ _POSITIVE_INT = {
     "train.patience",
     "storage.heartbeat_interval",
     "storage.grace_period",
+    "storage.pool_size",
     "sweep.trials_per_gpu",
     "train.gpu_memory_mb",
 }
-_POSITIVE = {"train.learning_rate", "sweep.timeout", "model.leaky_alpha"}
+_POSITIVE = {"train.learning_rate", "sweep.timeout", "model.leaky_alpha", "storage.retry_timeout"}
 
 
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:

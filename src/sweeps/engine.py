@@ -24,7 +24,7 @@ from sweeps.keys import PARENT_RUN_ATTR, SPURIOUS_ATTR, WORKER_ATTR, frozen, sta
 from sweeps.ledger import Ledger
 from sweeps.lifecycle import TrialLifecycle
 from sweeps.parent import write_summary
-from sweeps.recovery import Recovery
+from sweeps.recovery import Recovery, Requeue
 from sweeps.signals import Interrupted, raise_if_stopped
 from sweeps.space import signature
 from sweeps.tracking import FINISHED, KILLED
@@ -112,11 +112,7 @@ class Engine:
             pruner=pruner,
             load_if_exists=True,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # marked experimental
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.storage.max_retries
-            )
+        retry = Requeue(cfg.storage.max_retries)
         self.ledger = Ledger(self.study, ablation=cfg.sweep.mode == "ablation")
         self.recovery = Recovery(tracker, retry)
         self._waiting_said = False

@@ -43,7 +43,7 @@ class SubprocessTrainer:
         self.data = data
         self._context = multiprocessing.get_context("spawn")
 
-    def run(self, spec: TrialSpec, report: Callable[[int, dict[str, float]], None]) -> TrialOutcome:
+    def run(self, spec: TrialSpec, report: Callable[..., None]) -> TrialOutcome:
         """Trains one trial in its own process; ``report`` runs here and may raise.
 
         Raises:
@@ -69,7 +69,7 @@ class SubprocessTrainer:
 
 
 def _relay(conn: Connection, proc: BaseProcess,
-           report: Callable[[int, dict[str, float]], None]) -> TrialOutcome:  # fmt: skip
+           report: Callable[..., None]) -> TrialOutcome:  # fmt: skip
     """Answers the child's epoch reports until it sends its outcome, an error, or dies."""
     while True:
         try:
@@ -78,7 +78,9 @@ def _relay(conn: Connection, proc: BaseProcess,
             proc.join(_EXIT_WAIT)
             raise TrialFailed(f"the trial's process died ({_exit_text(proc.exitcode)})") from None
         if kind == "epoch":
-            report(*payload)  # may raise to prune or fail: the caller then stops the child
+            epoch, metrics, state = payload
+            # May raise to prune or fail: the caller then stops the child.
+            report(epoch, metrics, **({"state": state} if state is not None else {}))
             _send(conn, _GO)  # a child that died meanwhile shows up as EOF at the next recv
         elif kind == "done":
             return payload
@@ -120,8 +122,8 @@ def _child_main(conn: Connection, data: Any, spec: TrialSpec, parent: int) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        conn.send(("epoch", (epoch, metrics)))
+    def report(epoch: int, metrics: dict[str, float], state: Any = None) -> None:
+        conn.send(("epoch", (epoch, metrics, state)))
         if conn.recv() != _GO:
             raise _Stopped
 

@@ -30,6 +30,7 @@ from sweeps.backend import jax_memory_env
 from sweeps.config import RunConfig, SweepConfig
 from sweeps.host import DEVICE_ENV, LAUNCHED_ENV, PARALLEL_ENV, SHARE_ENV, given_parallel
 from sweeps.keys import WORKER_ATTR
+from sweeps.signals import exit_code
 
 _OWN_KEYS = ("sweep.workers=", "sweep.trials_per_gpu=")
 _POLL_S = 2.0  # seconds between the parent's reads of the study's totals
@@ -286,10 +287,11 @@ class Launcher:
         return f"worker {slot.name} ({slot.device}) stopped ({how}); {others} its running trial"
 
     def _finish(self, codes: list[int]) -> int:
-        """The exit code: 130/143 after a signal, else 0 when every worker exited cleanly."""
+        """The exit code: 130 after Ctrl-C, 75 after SIGTERM (requeue me), else 0 when every
+        worker exited cleanly."""
         self._summary()
         if self.signal is not None:
-            return 128 + self.signal
+            return exit_code(self.signal)
         failed = [c for c in codes if c]
         if not failed:
             return 0

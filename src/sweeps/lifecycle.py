@@ -1,7 +1,10 @@
 """One trial from ask to tell: its spec, its MLflow run, its epoch reports, its end state.
 
 Every trial ends in exactly one Optuna state whatever happens (complete, pruned, failed with a
-reason, interrupted), and its MLflow run ends with the matching status.
+reason, interrupted), and its MLflow run ends with the matching status. A trial queued again
+after a stop or a crash resumes: when the run it replaces holds a resumable state
+(``resume/state.zip``, uploaded at every epoch end), it reopens that run, reports the saved
+epochs to Optuna again, logs any saved epoch the run lacks, and trains on from there.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweeps import keys, plots
+from sweeps import keys, plots, resume
 from sweeps.config import RunConfig, apply_overrides
 from sweeps.errors import SweepsError, TrialFailed, one_line
 from sweeps.keys import REPEAT_PARAM, RUN_ID_ATTR, VARIANT_PARAM, retried_from
 from sweeps.models import ArchitectureError
-from sweeps.signals import Interrupted, raise_if_stopped, stop_requested
+from sweeps.signals import Interrupted, deferred, raise_if_stopped, stop_requested
 from sweeps.space import sample
 from sweeps.storage import Heartbeat
 from sweeps.trial import TrialOutcome, TrialSpec, make_spec
@@ -36,7 +39,8 @@ class TrialLifecycle:
         progress: Progress display, or None.
         parent_run: The study's MLflow parent run id.
         tags: Tags every trial run carries (study, mode, commit, dataset).
-        retry: Enqueues a retry of a frozen trial (Optuna's retry callback).
+        retry: Enqueues a frozen trial again (`sweeps.recovery.Requeue`): ``retry.again``
+            without spending a retry, for a trial stopped by a signal.
         work_dir: Parent of the trials' scratch folders.
     """
 
@@ -56,6 +60,7 @@ class TrialLifecycle:
         self.cfg, self.study, self.tracker, self.trainer = cfg, study, tracker, trainer
         self.progress, self.parent_run, self.tags = progress, parent_run, tags
         self._retry, self.work_dir = retry, work_dir
+        self._resumed: resume.Meta | None = None  # the saved state the current trial goes on from
 
     def run(self, trial: Any) -> str:
         """Runs one asked trial and records its end; returns the Optuna state name."""
@@ -70,6 +75,8 @@ class TrialLifecycle:
             if self.progress:
                 self.progress.trial_started(trial.number, spec.params)
             reporter = _Reporter(self, trial, handle)
+            if self._resumed is not None:
+                reporter.history = [dict(h) for h in self._resumed.history]
             with heartbeat:
                 outcome = self.trainer.run(spec, reporter)
             value = outcome.best.get(self.cfg.sweep.metric)
@@ -137,6 +144,7 @@ class TrialLifecycle:
         }
         if spec.variant is not None:
             tags.update({"sweeps.variant": spec.variant, "sweeps.repeat": str(spec.repeat)})
+        self._resumed = None
         retry_of = retried_from(keys.frozen(trial).system_attrs)
         if retry_of is not None:
             old = self.study._storage.get_trial(
@@ -144,14 +152,49 @@ class TrialLifecycle:
                     self.study._study_id, retry_of
                 )
             )
+            old_run = str(old.user_attrs.get(RUN_ID_ATTR, ""))
             tags["sweeps.retry_of_trial"] = str(retry_of)
-            tags["sweeps.retry_of_run"] = str(old.user_attrs.get(RUN_ID_ATTR, ""))
+            if old_run and spec.train.resumable and self._resume(trial, spec, old_run, tags):
+                return old_run
+            tags["sweeps.retry_of_run"] = old_run
         handle = self.tracker.start_run(f"trial-{trial.number:04d}", self.parent_run, tags)
         run_id = self.tracker.run_id(handle, timeout=10)
         if run_id:
             trial.set_user_attr(RUN_ID_ATTR, run_id)
         self.tracker.log_params(handle, spec.loggable_params())
         return handle
+
+    def _resume(self, trial: Any, spec: TrialSpec, run_id: str, tags: dict[str, str]) -> bool:
+        """Goes on in the replaced trial's run from its saved state; False when it has none."""
+        path = self.tracker.download_artifact(run_id, resume.ARTIFACT, spec.workdir / "state-in")
+        if path is None:
+            return False
+        try:
+            meta = resume.read_meta(path)
+        except resume.StateError as exc:
+            log.warning("trial %d starts again: %s", trial.number, one_line(exc))
+            return False
+        spec.resume_from, self._resumed = path, meta
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        trial.set_user_attr("sweeps.resumed_at_epoch", meta.epoch)
+        self.tracker.reopen_run(run_id)
+        self.tracker.set_tags(run_id, {**tags, "sweeps.resumed_at_epoch": str(meta.epoch),
+                                       "sweeps.error": "", "sweeps.note": ""})  # fmt: skip
+        metric = self.cfg.sweep.metric
+        for epoch, metrics in enumerate(meta.history, 1):  # the pruner sees every epoch
+            if math.isfinite(metrics.get(metric, math.nan)):
+                trial.report(metrics[metric], epoch)
+        try:  # an epoch saved but not yet logged when the worker stopped: logged once now
+            logged = {step for step, _ in self.tracker.metric_history(run_id, metric)}
+        except Exception as exc:
+            log.warning("could not read run %s's curves: %s", run_id, one_line(exc))
+            logged = set(range(1, meta.epoch + 1))
+        for epoch, metrics in enumerate(meta.history, 1):
+            if epoch not in logged:
+                self.tracker.log_metrics(run_id, metrics, step=epoch)
+        log.info("trial %d resumes trial %s at epoch %d in run %s",
+                 trial.number, tags["sweeps.retry_of_trial"], meta.epoch + 1, run_id)  # fmt: skip
+        return True
 
     def _record_outcome(self, trial: Any, outcome: TrialOutcome) -> None:
         """Keeps the trial's results in Optuna too, so nothing depends on MLflow being up."""
@@ -227,9 +270,13 @@ class TrialLifecycle:
             trial.set_user_attr(RUN_ID_ATTR, run_id)
 
     def _interrupted(self, trial: Any, handle: str | None) -> None:
-        """Ends an interrupted trial as FAIL and queues it again with its parameters."""
+        """Ends an interrupted trial as FAIL and queues it again, spending no retry.
+
+        The queued trial resumes from the last epoch whose state was saved, in this run.
+        """
         self._fail(trial, handle, "interrupted", run_status="KILLED")
-        self._retry(self.study, self.study._storage.get_trial(trial._trial_id))
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        getattr(self._retry, "again", self._retry)(self.study, frozen)
 
     def _fail(
         self, trial: Any, handle: str | None, reason: str, run_status: str = "FAILED"
@@ -254,13 +301,16 @@ class _Pruned(Exception):
 
 
 class _Reporter:
-    """Called by the trainer after each epoch: logs, checks the loss, reports, maybe prunes."""
+    """Called by the trainer after each epoch: saves its state, logs, checks, maybe prunes."""
 
     def __init__(self, life: TrialLifecycle, trial: Any, handle: str) -> None:
         self.life, self.trial, self.handle = life, trial, handle
         self.history: list[dict[str, float]] = []  # what a pruned trial's curves are drawn from
+        self._unsaved_said = False
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+    def __call__(self, epoch: int, metrics: dict[str, float], state: Path | None = None) -> None:
+        if state is not None:  # first: an epoch is logged only once its state is kept
+            self._keep(state)
         raise_if_stopped()  # a signal a library dropped ends the trial at the epoch's end
         self.history.append(dict(metrics))
         self.life.tracker.log_metrics(self.handle, metrics, step=epoch)
@@ -273,6 +323,23 @@ class _Reporter:
         self.trial.report(metrics[self.life.cfg.sweep.metric], epoch)
         if self.trial.should_prune():
             raise _Pruned(f"pruned at epoch {epoch}")
+
+    def _keep(self, state: Path) -> None:
+        """Uploads the epoch's state to the run; a stop signal waits for the upload."""
+        tracker = self.life.tracker
+        try:
+            with deferred():
+                run_id = tracker.run_id(self.handle, timeout=30)
+                if not run_id:
+                    raise RuntimeError("the trial's MLflow run was not created yet")
+                tracker.log_artifact_now(run_id, state, resume.ARTIFACT_DIR)
+        except Interrupted:
+            raise
+        except Exception as exc:  # MLflow down: the trial goes on, a resume starts earlier
+            if not self._unsaved_said:
+                log.warning("trial %d: resumable state not saved (%s); training goes on",
+                            self.trial.number, one_line(exc))  # fmt: skip
+                self._unsaved_said = True
 
 
 def _stopped(trial: Any, state: str, outcome: TrialOutcome | None) -> dict[str, str]:

@@ -1,9 +1,11 @@
-"""Trials whose worker died: failed, their MLflow run closed, and queued again.
+"""Trials whose worker died or was stopped: failed, their MLflow run closed, queued again.
 
 On PostgreSQL a dead worker is found by its stale heartbeat (Optuna's ``fail_stale_trials``);
 the journal file has no heartbeats, so a local worker killed mid-trial is found by its process
-id instead. Either way the trial ends FAIL, its run FAILED, and Optuna's retry callback queues
-it with the same parameters, so no trial is left RUNNING.
+id instead. Either way the trial ends FAIL, its run FAILED, and `Requeue` queues it with the
+same parameters, spending one of ``storage.max_retries``; a worker stopped by a signal
+(pre-emption, Ctrl-C) queues its own trial without spending one. No trial is left RUNNING, and
+the queued trial resumes from its last saved epoch in the same MLflow run (`sweeps.resume`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,60 @@ from sweeps.storage import FailedTrialCallback
 
 log = logging.getLogger("sweeps.engine")
 
+RETRIES_ATTR = "sweeps_retries_spent"  # system attr: crashes this trial's chain has had
+
+
+class Requeue:
+    """Queues a failed trial again with its parameters, as Optuna's retry callback does.
+
+    The queued trial carries Optuna's ``failed_trial`` and ``retry_history`` (so
+    `RetryHeartbeatStaleTrialCallback.retried_trial_number` still works) and the failed
+    trial's user attrs (its MLflow run id: the retry resumes that run). Calling it spends one
+    retry of ``max_retry`` (a crash); `again` does not (a pre-emption).
+
+    Args:
+        max_retry: Crashes allowed per trial chain; None for no bound.
+    """
+
+    def __init__(self, max_retry: int | None) -> None:
+        self.max_retry = max_retry
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self._queue(study, trial, spend=True)
+
+    def again(self, study: Any, trial: Any) -> None:
+        """Queues the trial without spending a retry (it was stopped, not broken)."""
+        self._queue(study, trial, spend=False)
+
+    def _queue(self, study: Any, trial: Any, *, spend: bool) -> None:
+        import optuna
+
+        attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [],
+                                 RETRIES_ATTR: 0, **trial.system_attrs}  # fmt: skip
+        attrs["retry_history"] = [*attrs["retry_history"], trial.number]
+        if spend:
+            attrs[RETRIES_ATTR] = int(attrs[RETRIES_ATTR]) + 1
+            if self.max_retry is not None and attrs[RETRIES_ATTR] > self.max_retry:
+                log.warning("trial %d is not retried: storage.max_retries=%d spent",
+                            trial.number, self.max_retry)  # fmt: skip
+                return
+        study.add_trial(
+            optuna.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=trial.user_attrs,
+                system_attrs=attrs,
+            )
+        )
+
 
 class Recovery:
     """Finds the trials of dead workers and retries them.
 
     Args:
         tracker: The MLflow tracker (the dead trial's run is ended FAILED).
-        retry: Enqueues a retry of a frozen trial (Optuna's retry callback).
+        retry: Enqueues a retry of a frozen trial, spending one (`Requeue`).
     """
 
     def __init__(self, tracker: Any, retry: FailedTrialCallback) -> None:

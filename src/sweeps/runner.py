@@ -29,7 +29,7 @@ def remove_empty_dirs(folder: Path, top: Path) -> None:
 
 
 def run_study(cfg: RunConfig, trainer: Any = None, progress: Any = None) -> int:
-    """Runs the study; returns the exit code (0, or 130/143 when interrupted).
+    """Runs the study; returns the exit code (0, or 130 / 75 when interrupted / pre-empted).
 
     Args:
         cfg: The validated config.

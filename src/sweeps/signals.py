@@ -7,6 +7,9 @@ garbage-collection callback) still ends the trial as interrupted, and no further
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; ``exit_code`` is what the process should exit with."""
@@ -16,14 +19,38 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+PREEMPTED = 75  # exit code after SIGTERM: stopped to be resumed (EX_TEMPFAIL), not a failure
+
 _stop_code: int | None = None  # exit code of the first SIGINT/SIGTERM this process received
+_deferring = 0  # > 0 while a state is written: the signal is remembered, raised afterwards
+
+
+def exit_code(signum: int) -> int:
+    """130 after SIGINT (Ctrl-C); 75 after SIGTERM (pre-emption: requeue me)."""
+    return 130 if signum == 2 else PREEMPTED
 
 
 def on_stop_signal(signum: int, frame: object) -> None:
-    """Handler for SIGINT and SIGTERM: remembers the signal, then raises `Interrupted`."""
+    """Handler for SIGINT and SIGTERM: remembers the signal, then raises `Interrupted`.
+
+    Inside `deferred` it only remembers: the block ends first and raises on leaving.
+    """
     global _stop_code
-    _stop_code = _stop_code or 128 + signum
-    raise Interrupted(128 + signum)
+    _stop_code = _stop_code or exit_code(signum)
+    if not _deferring:
+        raise Interrupted(exit_code(signum))
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block a stop signal does not cut short (writing or uploading a resumable state)."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    raise_if_stopped()
 
 
 def stop_requested() -> int | None:

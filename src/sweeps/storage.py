@@ -8,6 +8,7 @@ storage has no heartbeats: a dead local worker is found by its process id instea
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -60,7 +61,11 @@ def open_storage(
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         except OSError as exc:
             raise StorageUnreachable(f"Optuna journal {url} cannot be opened: {exc}") from None
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": cfg.pool_pre_ping}
+    if not url.startswith("sqlite"):
+        # At most pool_size connections per worker process: the database's max_connections
+        # is shared by every worker (docs: operators, database connections).
+        engine_kwargs.update(pool_size=cfg.pool_size, max_overflow=0, pool_timeout=60)
     if url.startswith(("postgresql", "mysql")):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
@@ -86,15 +91,15 @@ def _rdb_storage(
     Optuna's tables; PostgreSQL lets one win and fails the others with a duplicate table or
     type. Those succeed on a second try, once the tables exist.
     """
-    import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(1, attempts + 1):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeat is marked experimental
-                return optuna.storages.RDBStorage(
+                return _retrying_class()(
                     url,
+                    retry_timeout=cfg.retry_timeout,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=cfg.heartbeat_interval,
                     grace_period=cfg.grace_period,
@@ -104,6 +109,140 @@ def _rdb_storage(
             if attempt == attempts:
                 raise
             time.sleep(0.2 * attempt + random.random() * 0.5)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error is a lost or refused connection, worth another try.
+
+    Optuna wraps SQLAlchemy's errors in StorageInternalError; the cause chain is read.
+    Constraint violations and bad data are not transient.
+    """
+    from sqlalchemy import exc as sa
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+        if isinstance(seen, sa.TimeoutError):  # the pool waited for a connection in vain
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@functools.cache
+def _retrying_class() -> type:
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    class _Retrying(optuna.storages.RDBStorage):
+        """RDBStorage whose every call survives a database restart or failover.
+
+        A call that fails on a lost or refused connection is tried again with exponential
+        backoff (0.5 s doubling to 10 s, with jitter) for up to ``retry_timeout`` seconds,
+        then raised. Each try is its own transaction, so a retried call never sees half of
+        an earlier one. When a state change's commit was lost with its connection, the
+        retry finds the trial already finished and returns as if it had committed.
+        """
+
+        def __init__(self, url: str, *, retry_timeout: float = 120.0, **kwargs: Any) -> None:
+            self.retry_timeout = retry_timeout
+            self.retries = 0  # calls tried again, over the storage's life (benchmarks read it)
+            self._inside = threading.local()  # a retried call's inner calls are not retried
+            super().__init__(url, **kwargs)
+
+        def _with_retries(self, name: str, call: Callable[..., Any], args: tuple,
+                          kwargs: dict) -> Any:  # fmt: skip
+            if getattr(self._inside, "active", False):
+                return call(*args, **kwargs)
+            deadline = time.monotonic() + self.retry_timeout
+            delay, failed = 0.5, False
+            while True:
+                try:
+                    self._inside.active = True
+                    result = call(*args, **kwargs)
+                except UpdateFinishedTrialError:
+                    if failed and name == "set_trial_state_values":
+                        state = args[1] if len(args) > 1 else kwargs["state"]
+                        if self.get_trial(args[0]).state == state:
+                            return True  # the lost commit had gone through
+                    raise
+                except Exception as exc:
+                    left = deadline - time.monotonic()
+                    if not is_transient(exc) or left <= 0:
+                        raise
+                    if not failed:
+                        log.warning("storage unreachable in %s (%s); retrying for up to %.0f s",
+                                    name, type(exc.__cause__ or exc).__name__,
+                                    self.retry_timeout)  # fmt: skip
+                    failed = True
+                    self.retries += 1
+                    time.sleep(min(delay * (0.5 + random.random()), left))
+                    delay = min(delay * 2, 10.0)
+                    continue
+                finally:
+                    self._inside.active = False
+                if failed:
+                    log.warning("storage reachable again: %s went through", name)
+                return result
+
+    def retried(name: str) -> Callable[..., Any]:
+        def call(self: _Retrying, *args: Any, **kwargs: Any) -> Any:
+            return self._with_retries(name, getattr(super(_Retrying, self), name), args, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    for name in _RETRIED:
+        setattr(_Retrying, name, retried(name))
+    _Retrying.__name__ = _Retrying.__qualname__ = "RetryingRDBStorage"
+    return _Retrying
+
+
+# Every call a worker makes to the database, the heartbeat's included.
+_RETRIED = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "check_trial_is_updatable",
+    # what Optuna's cache in front of RDBStorage calls
+    "_get_trials",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use: subclassing RDBStorage imports Optuna and SQLAlchemy.
+    if name == "RetryingRDBStorage":
+        return _retrying_class()
+    raise AttributeError(name)
 
 
 def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import backend, plots, precision
+from sweeps import backend, plots, precision, resume
 from sweeps.data import AugmentSpec
 from sweeps.errors import TrialFailed, mask_config
 from sweeps.models import check_architecture, create_model
+from sweeps.signals import deferred
 from sweeps.trial import TrialOutcome, TrialSpec
 
 log = logging.getLogger("sweeps.trainer")
@@ -69,8 +70,15 @@ class KerasTrainer:
     def __init__(self, data: Any) -> None:
         self.data = data
 
-    def run(self, spec: TrialSpec, report: Callable[[int, dict[str, float]], None]) -> TrialOutcome:
-        """Trains one trial; ``report`` may raise to prune or fail it."""
+    def run(self, spec: TrialSpec, report: Callable[..., None]) -> TrialOutcome:
+        """Trains one trial; ``report`` may raise to prune or fail it.
+
+        With ``train.resumable`` every epoch end writes the trial's state first
+        (``spec.state_path``) and hands it to ``report(epoch, metrics, state=path)``; with
+        ``spec.resume_from`` training goes on from that state's epoch: its weights and
+        optimizer variables, its best epoch and history, and the data order of the next epoch.
+        Dropout and augmentation draws after a resume come from a seed derived from the epoch.
+        """
         import keras
 
         from sweeps.models.compile import compile_model  # imports Keras
@@ -96,18 +104,24 @@ class KerasTrainer:
                 num_classes=num_classes,
                 jit_compile=spec.train.jit_compile,
             )
-        train_ds, val_ds, test_ds = self._datasets(spec, size, c)
-        keeper = _best_epoch(report, spec.metric, spec.train.patience)
+        keeper = _best_epoch(report, spec.metric, spec.train.patience, spec.state_path)
+        start = 0
+        if spec.resume_from is not None:
+            start = _restore(model, keeper, spec)
+            keras.utils.set_random_seed(spec.seed + 100_003 * start)  # fresh, reproducible draws
+        train_ds, val_ds, test_ds = self._datasets(spec, size, c, start)
         try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=spec.train.epochs,
-                verbose=spec.train.verbose,
-                # A PyDataset is told fit's epoch number, so it shuffles as tf.data does.
-                callbacks=[keeper, *_epoch_feeds(train_ds)],
-                shuffle=False,
-            )
+            if not keeper.finished(spec.train.epochs):
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=spec.train.epochs,
+                    initial_epoch=start,
+                    verbose=spec.train.verbose,
+                    # A PyDataset is told fit's epoch number, so it shuffles as tf.data does.
+                    callbacks=[keeper, *_epoch_feeds(train_ds)],
+                    shuffle=False,
+                )
         except Exception as exc:
             if _out_of_memory(exc):
                 raise TrialFailed(f"out of memory at batch size {spec.train.batch_size}") from exc
@@ -130,18 +144,22 @@ class KerasTrainer:
             stop_reason=keeper.stop_reason,
         )
 
-    def _datasets(self, spec: TrialSpec, size: tuple[int, int], channels: int):
+    def _datasets(self, spec: TrialSpec, size: tuple[int, int], channels: int, start: int = 0):
         import keras
 
         # tf.data on TensorFlow; elsewhere a PyDataset (NumPy), so TensorFlow is never imported.
+        # A PyDataset follows fit's epoch (from initial_epoch); tf.data is told where to start.
+        first: dict[str, Any] = {}
         if keras.backend.backend() == "tensorflow":
             from sweeps.data import make_dataset
+
+            first = {"start_epoch": start}
         else:
             from sweeps.data import make_pydataset as make_dataset
         common = {"batch_size": spec.train.batch_size, "image_size": size, "channels": channels}
         augment = AugmentSpec.from_dict(spec.train.augment)
         train = make_dataset(
-            self.data.train, augment=augment, shuffle=True, seed=spec.seed, **common
+            self.data.train, augment=augment, shuffle=True, seed=spec.seed, **common, **first
         )
         return (
             train,
@@ -163,8 +181,25 @@ def _out_of_memory(exc: Exception) -> bool:
     )
 
 
+def _restore(model: Any, keeper: Any, spec: TrialSpec) -> int:
+    """Loads a saved state into the model and the keeper; returns the epochs it had done."""
+    assert spec.resume_from is not None
+    try:
+        meta, weights, best = resume.unpack(spec.resume_from, spec.workdir / "resume-in")
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # its variables exist to be loaded
+        model.load_weights(weights)
+    except (resume.StateError, OSError, ValueError, KeyError) as exc:
+        raise TrialFailed(f"could not resume from the saved state: {exc}") from exc
+    keeper.restore(meta, best)
+    return meta.epoch
+
+
 def _best_epoch(
-    report: Callable[[int, dict[str, float]], None], metric: str, patience: int | None = None
+    report: Callable[..., None],
+    metric: str,
+    patience: int | None = None,
+    state_path: Path | None = None,
 ) -> Any:
     """A Keras callback that reports each epoch and keeps the best epoch's weights in memory.
 
@@ -172,7 +207,9 @@ def _best_epoch(
     Keeping weights in memory instead of writing a checkpoint at every improvement costs one
     copy per improving epoch and one file per trial. With ``patience``, training stops once
     ``metric`` has not improved for that many epochs (``stop_reason`` becomes ``patience``);
-    the best epoch's weights are the ones tested either way.
+    the best epoch's weights are the ones tested either way. With ``state_path``, each epoch's
+    resumable state is written there before the epoch is reported (a stop signal waits for
+    the write).
     """
     import keras
 
@@ -186,6 +223,18 @@ def _best_epoch(
             self.stop_reason = "epochs"
             self._best = -np.inf
 
+        def restore(self, meta: resume.Meta, best: list[np.ndarray] | None) -> None:
+            self.history = [dict(h) for h in meta.history]
+            self.best_epoch, self._best, self.best_weights = meta.best_epoch, meta.best_score, best
+
+        def finished(self, epochs: int) -> bool:
+            """Whether a restored trial had already run its epochs or its patience out."""
+            done = len(self.history)
+            if patience is not None and done and done - self.best_epoch >= patience:
+                self.stop_reason = "patience"
+                return True
+            return done >= epochs
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             metrics = {ours: float(logs[k]) for k, ours in _KERAS_TO_OURS.items() if k in logs}
@@ -194,10 +243,29 @@ def _best_epoch(
             if np.isfinite(score) and score > self._best:
                 self._best, self.best_epoch = score, epoch + 1
                 self.best_weights = self.model.get_weights()
-            report(epoch + 1, metrics)  # may raise to prune or fail the trial
+            if state_path is None:
+                report(epoch + 1, metrics)  # may raise to prune or fail the trial
+            else:
+                self._save(epoch + 1)
+                report(epoch + 1, metrics, state=state_path)
             if patience is not None and epoch + 1 - self.best_epoch >= patience:
                 self.stop_reason = "patience"
                 self.model.stop_training = True
+
+        def _save(self, epochs: int) -> None:
+            assert state_path is not None
+            meta = resume.Meta(epochs, self.history, self.best_epoch, float(self._best))
+            weights = state_path.with_name("model.weights.h5")
+            try:
+                with deferred():
+                    state_path.parent.mkdir(parents=True, exist_ok=True)
+                    self.model.save_weights(weights)  # with the optimizer's variables
+                    resume.write_state(state_path, meta, weights, self.best_weights)
+            except OSError as exc:
+                raise TrialFailed(
+                    f"could not write the resumable state in {state_path.parent}: "
+                    f"{exc.strerror or exc} (train.resumable=false skips it)"
+                ) from exc
 
     return BestEpoch()
 

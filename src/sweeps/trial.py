@@ -43,6 +43,13 @@ class TrialSpec:
     metric: str = "val_acc"
     variant: str | None = None
     repeat: int | None = None
+    # A saved state (sweeps.resume) this trial goes on from, instead of epoch 0.
+    resume_from: Path | None = None
+
+    @property
+    def state_path(self) -> Path | None:
+        """Where the trainer writes the resumable state at every epoch end (None: it doesn't)."""
+        return self.workdir / "resume" / "state.zip" if self.train.resumable else None
 
     def loggable_params(self) -> dict[str, Any]:
         """The parameters logged to MLflow: the trial's model, train and data settings."""

@@ -107,7 +107,12 @@ class Tracker:
         return handle
 
     def run_id(self, handle: str, timeout: float = 0.0) -> str | None:
-        """The MLflow run id behind a handle, waiting up to ``timeout`` s for its creation."""
+        """The MLflow run id behind a handle, waiting up to ``timeout`` s for its creation.
+
+        A run that already existed (a resumed trial's) is its own handle.
+        """
+        if not handle.startswith(PENDING):
+            return handle
         return self._outbox.run_id(handle, timeout)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
