@@ -32,9 +32,13 @@ RUN pip install /tmp/sweeps && rm -rf /tmp/sweeps
 ARG GIT_COMMIT=""
 ENV SWEEPS_GIT_COMMIT=${GIT_COMMIT}
 
-RUN useradd --create-home --uid 1000 sweeps
+# The store (Hydra logs, decoded-image caches, the MLflow spool) is /home/sweeps/sweeps-store;
+# made here so that a volume mounted on it (compose's worker-store, the Kubernetes Job's
+# store) belongs to the image's user.
+RUN useradd --create-home --uid 1000 sweeps \
+    && mkdir /home/sweeps/sweeps-store \
+    && chown sweeps:sweeps /home/sweeps/sweeps-store
 USER sweeps
-# The embedded store (Hydra logs, decoded-image caches, MLflow spool) lands here.
 WORKDIR /home/sweeps
 
 CMD ["python", "-m", "sweeps", "--help"]

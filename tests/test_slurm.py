@@ -9,6 +9,7 @@ quickstart against a real PostgreSQL (tests/pg.py) and a real ``mlflow server``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MlflowServer, free_port, wait_http
@@ -152,6 +154,98 @@ def test_sbatch_file_asks_for_one_gpu_per_array_task_and_runs_auto_workers():
     assert "sweep.workers=auto" in text and "storage=postgres tracking=server" in text
     assert "SLURM_ARRAY_TASK_COUNT" in text  # the constant liar knows the array's size
     assert "PASSWORD=" not in text.replace("POSTGRES_PASSWORD=...", "")
+
+
+def directives() -> list[str]:
+    return [ln.split(None, 1)[1] for ln in SBATCH.read_text().splitlines()
+            if ln.startswith("#SBATCH")]  # fmt: skip
+
+
+def test_sbatch_file_requeues_a_pre_empted_task():
+    opts = directives()
+    assert "--requeue" in opts  # Slurm may requeue it, and so may the script
+    assert "--open-mode=append" in opts  # a requeued run appends to the task's log
+    (signal,) = [d for d in opts if d.startswith("--signal=")]
+    # B: the batch shell gets SIGTERM (the worker is no job step), early enough to save.
+    when = re.fullmatch(r"--signal=B:TERM@(\d+)", signal)
+    assert when and int(when[1]) >= 60
+    text = SBATCH.read_text()
+    body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert not [ln for ln in body if ln.startswith("exec ")], "the shell stays to requeue"
+    assert 'trap \'kill -TERM "$worker"' in text  # SIGTERM forwarded to the worker
+    assert "PREEMPTED=75" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    done = subprocess.run(["bash", "-n", str(SBATCH)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# A stand-in for the worker's interpreter: the first run waits for SIGTERM and exits 75 (a
+# pre-empted worker); a requeued run finds its marker and exits 0.
+FAKE_WORKER = """#!/bin/bash
+echo "run ${SLURM_RESTART_COUNT:-0}: $*" >> "$MARKS/runs"
+if [ -e "$MARKS/ran-$SLURM_ARRAY_JOB_ID" ]; then exit 0; fi
+touch "$MARKS/ran-$SLURM_ARRAY_JOB_ID"
+trap 'echo term >> "$MARKS/runs"; exit 75' TERM
+touch "$MARKS/started-$SLURM_ARRAY_JOB_ID"
+while :; do sleep 0.2; done
+"""
+
+
+def job_state(slurm: SlurmCluster, job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], env=slurm.env, capture_output=True,
+                         text=True, timeout=20)  # fmt: skip
+    found = re.search(r"JobState=(\w+)", out.stdout)
+    return found[1] if found else "GONE"
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {what}")
+
+
+@pytest.mark.slow
+def test_a_signalled_task_requeues_itself_and_a_cancelled_one_does_not(slurm, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_WORKER)
+    fake.chmod(0o755)
+    env = {**slurm.env, "POSTGRES_HOST": "unused", "MLFLOW_TRACKING_URI": "http://unused",
+           "SWEEPS_PYTHON": str(fake), "MARKS": str(marks)}  # fmt: skip
+
+    def submit() -> str:
+        done = subprocess.run(["sbatch", "--parsable", "--array=0", "--gres=none",
+                               "--cpus-per-task=1",
+                               f"--output={tmp_path}/job-%j.out", f"--chdir={tmp_path}",
+                               str(SBATCH), "+study=quickstart"],
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.strip().split(";")[0]
+        wait_for(lambda: (marks / f"started-{job}").exists(), 90, f"job {job} starts")
+        return job
+
+    # The time limit's warning, as --signal=B:TERM sends it: the batch shell only.
+    job = submit()
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=30)
+    wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "GONE"), 240,
+             f"job {job} requeued and run again: {slurm.logs()}")  # fmt: skip
+    runs = (marks / "runs").read_text().splitlines()
+    (marks / "runs").unlink()
+    assert runs[0].startswith("run 0: -m sweeps run") and runs[1] == "term", runs
+    assert runs[2].startswith("run 1: ") and len(runs) == 3, runs  # SLURM_RESTART_COUNT
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert "requeueing" in log and log.count("requeueing") == 1  # both runs, appended
+
+    # scancel: the worker saves and exits 75 all the same, but the task stays cancelled.
+    job = submit()
+    subprocess.run(["scancel", job], env=env, check=True, timeout=30)
+    wait_for(lambda: job_state(slurm, job) in ("CANCELLED", "GONE"), 120, f"job {job} ends")
+    time.sleep(3)
+    assert job_state(slurm, job) in ("CANCELLED", "GONE")
+    assert "requeueing" not in (tmp_path / f"job-{job}.out").read_text()
 
 
 @pytest.mark.slow
