@@ -42,8 +42,9 @@ class PostgresCluster:
         user: The superuser created by initdb; clients log in as this user over TCP.
     """
 
-    def __init__(self, root: Path, user: str = "sweeps") -> None:
+    def __init__(self, root: Path, user: str = "sweeps", max_connections: int = 200) -> None:
         self.root = root
+        self.max_connections = max_connections
         self.user = user
         self.password = secrets.token_hex(12)  # hex: safe inside a URL without quoting
         self.host = "127.0.0.1"
@@ -77,7 +78,7 @@ class PostgresCluster:
         # Durability settings off: the cluster lives for one test session.
         self.options = (f"-p {self.port} -k {self.root} -c listen_addresses={self.host} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=200")  # fmt: skip
+                   f"-c max_connections={self.max_connections}")  # fmt: skip
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                   "-t", "60", "-o", self.options, "start")  # fmt: skip
         return self

@@ -172,7 +172,8 @@ def test_compose_keeps_artifacts_in_minio_and_gives_pre_emption_its_grace():
     assert {"pgdata", "minio-data", "worker-store"} == set(raw["volumes"])
     # PgBouncer only with --profile pooler; the workers reach it through SWEEPS_DB_HOST.
     bouncer = svc["pgbouncer"]
-    assert bouncer["profiles"] == ["pooler"] and bouncer["environment"]["POOL_MODE"] == "session"
+    assert bouncer["profiles"] == ["pooler"]
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"  # session mode starves workers
     assert worker["depends_on"]["pgbouncer"]["required"] is False
     pooled = services({**read_env_file(ENV_EXAMPLE), "SWEEPS_DB_HOST": "pgbouncer"})
     assert pooled["worker"]["environment"]["POSTGRES_HOST"] == "pgbouncer"

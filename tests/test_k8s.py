@@ -445,7 +445,7 @@ def test_pooler_folder_puts_pgbouncer_between_the_workers_and_postgres():
     assert ("Service", "pgbouncer") in objs
     (bouncer,) = objs[("Deployment", "pgbouncer")].spec.template.spec.containers
     benv = {e.name: e for e in bouncer.env}
-    assert benv["POOL_MODE"].value == "session"
+    assert benv["POOL_MODE"].value == "transaction"  # session mode starves pooled workers
     assert benv["DB_HOST"].value_from.secret_key_ref.key == "POSTGRES_HOST"  # the real database
     assert int(benv["DEFAULT_POOL_SIZE"].value) < max_connections(objs)
     # The MLflow server still talks to PostgreSQL itself.

@@ -192,6 +192,14 @@ def curve(spec):
 
 cfg = compose("fashion_mnist_dropout", "sweep.mode=ablation", "sweep.repeats=auto",
               "sweep.max_repeats=4", "train.epochs=2", store={store!r})
+# Both workers start their studies together: on a loaded box, imports alone can take longer
+# than the whole scripted study.
+import os, pathlib, time
+ready = pathlib.Path({ready!r})
+(ready / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
 sys.exit(run_study(cfg, trainer=FakeTrainer(curve=curve, epoch_seconds=0.2)))
 """
 
@@ -200,7 +208,11 @@ sys.exit(run_study(cfg, trainer=FakeTrainer(curve=curve, epoch_seconds=0.2)))
 def test_two_workers_share_the_rounds(store: Path, tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     tests = str(Path(__file__).parent)
-    script.write_text(textwrap.dedent(WORKER.format(tests=tests, store=str(store))))
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    script.write_text(
+        textwrap.dedent(WORKER.format(tests=tests, store=str(store), ready=str(ready)))
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     from sweeps.services import open_tracker
 

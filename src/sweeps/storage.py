@@ -68,6 +68,10 @@ def open_storage(
         engine_kwargs.update(pool_size=cfg.pool_size, max_overflow=0, pool_timeout=60)
     if url.startswith(("postgresql", "mysql")):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        # No server-side prepared statements: PgBouncer in transaction mode (before 1.21)
+        # hands each transaction to any server connection, where they would not exist.
+        engine_kwargs["connect_args"]["prepare_threshold"] = None
     try:
         return _rdb_storage(url, cfg, engine_kwargs, failed_trial_callback)
     except Exception as exc:
