@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -44,84 +45,82 @@ def test_lost_connections_are_transient_and_bad_data_is_not():
     assert not is_transient(ValueError("no"))
 
 
-def test_a_call_gives_up_after_retry_timeout_with_the_database_gone(tmp_path, caplog):
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A server of the test's own: stopping or restarting it reaches no other test."""
     if not (PG_BIN / "initdb").is_file():
         pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
     root = Path(tempfile.mkdtemp(prefix="sweeps-pg-", dir="/tmp"))
     cluster = PostgresCluster(root)
     try:
-        cluster.start()
-        url = cluster.create_database("gone")
-        cfg = compose("quickstart", f"storage.url={url}", "storage.retry_timeout=3",
-                      store=tmp_path / "store")  # fmt: skip
-        storage = open_storage(cfg.storage, cfg.store_dir, lambda s, t: None)
-        study = optuna.create_study(storage=storage, study_name="gone")
-        cluster.stop()
-        started = time.monotonic()
-        with caplog.at_level(logging.WARNING, "sweeps.storage"), pytest.raises(Exception) as err:
-            study.ask()
-        waited = time.monotonic() - started
-        assert is_transient(err.value)
-        assert 2.0 <= waited < 20, waited  # retried for about retry_timeout, then raised
-        assert "storage unreachable in" in caplog.text and "up to 3 s" in caplog.text
-        assert storage.retries >= 2
+        yield cluster.start()
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_call_gives_up_after_retry_timeout_with_the_database_gone(tmp_path, caplog,
+                                                                    own_postgres):  # fmt: skip
+    cluster = own_postgres
+    url = cluster.create_database("gone")
+    cfg = compose("quickstart", f"storage.url={url}", "storage.retry_timeout=3",
+                  store=tmp_path / "store")  # fmt: skip
+    storage = open_storage(cfg.storage, cfg.store_dir, lambda s, t: None)
+    study = optuna.create_study(storage=storage, study_name="gone")
+    cluster.stop()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "sweeps.storage"), pytest.raises(Exception) as err:
+        study.ask()
+    waited = time.monotonic() - started
+    assert is_transient(err.value)
+    assert 2.0 <= waited < 20, waited  # retried for about retry_timeout, then raised
+    assert "storage unreachable in" in caplog.text and "up to 3 s" in caplog.text
+    assert storage.retries >= 2
 
 
 @pytest.mark.slow
-def test_postgres_restarted_mid_study_loses_nothing(tmp_path, caplog):
-    if not (PG_BIN / "initdb").is_file():
-        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
-    # Its own server: the restart must not reach other tests' connections.
-    root = Path(tempfile.mkdtemp(prefix="sweeps-pg-", dir="/tmp"))
-    cluster = PostgresCluster(root)
+def test_postgres_restarted_mid_study_loses_nothing(tmp_path, caplog, own_postgres):
+    cluster = own_postgres
+    url = cluster.create_database(f"restart_{uuid.uuid4().hex[:8]}")
+    cfg = compose(
+        "quickstart",
+        f"storage.url={url}",
+        f"sweep.name=restart-{uuid.uuid4().hex[:8]}",
+        "sweep.n_trials=8",
+        "sweep.pruner=none",
+        "train.epochs=4",
+        "storage.heartbeat_interval=1",
+        "storage.retry_timeout=60",
+        store=tmp_path / "store",
+    )
+    trainer = FakeTrainer(epoch_seconds=0.4)
+    restarted = threading.Event()
+
+    def failover() -> None:
+        while trainer.epochs_run < 6:  # well inside the second trial
+            time.sleep(0.05)
+        cluster.restart(down_seconds=3.0)
+        restarted.set()
+
+    thread = threading.Thread(target=failover, daemon=True)
+    thread.start()
+    with caplog.at_level(logging.WARNING, "sweeps.storage"):
+        assert run_study(cfg, trainer=trainer) == 0
+    assert restarted.is_set()  # the server was back before the study's last trial ended
+    thread.join(timeout=60)
+    assert "storage unreachable in" in caplog.text
+    assert "storage reachable again" in caplog.text
+
+    storage = open_storage(cfg.storage, cfg.store_dir, lambda s, t: None)
+    study = optuna.load_study(study_name=cfg.sweep.name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE] * 8, states
+    for t in study.trials:  # each epoch reported once, none lost in the outage
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+    tracker = open_tracker(cfg)
     try:
-        cluster.start()
-        url = cluster.create_database(f"restart_{uuid.uuid4().hex[:8]}")
-        cfg = compose(
-            "quickstart",
-            f"storage.url={url}",
-            f"sweep.name=restart-{uuid.uuid4().hex[:8]}",
-            "sweep.n_trials=8",
-            "sweep.pruner=none",
-            "train.epochs=4",
-            "storage.heartbeat_interval=1",
-            "storage.retry_timeout=60",
-            store=tmp_path / "store",
-        )
-        trainer = FakeTrainer(epoch_seconds=0.4)
-        restarted = threading.Event()
-
-        def failover() -> None:
-            while trainer.epochs_run < 6:  # well inside the second trial
-                time.sleep(0.05)
-            cluster.restart(down_seconds=3.0)
-            restarted.set()
-
-        thread = threading.Thread(target=failover, daemon=True)
-        thread.start()
-        with caplog.at_level(logging.WARNING, "sweeps.storage"):
-            assert run_study(cfg, trainer=trainer) == 0
-        assert restarted.is_set()  # the server was back before the study's last trial ended
-        thread.join(timeout=60)
-        assert "storage unreachable in" in caplog.text
-        assert "storage reachable again" in caplog.text
-
-        storage = open_storage(cfg.storage, cfg.store_dir, lambda s, t: None)
-        study = optuna.load_study(study_name=cfg.sweep.name, storage=storage)
-        states = [t.state for t in study.trials]
-        assert states == [TrialState.COMPLETE] * 8, states
-        for t in study.trials:  # each epoch reported once, none lost in the outage
-            assert sorted(t.intermediate_values) == [1, 2, 3, 4]
-        tracker = open_tracker(cfg)
-        try:
-            runs = tracker.trial_runs(cfg.sweep.name)
-            assert len(runs) == 8
-            assert {r["status"] for r in runs} == {"FINISHED"}
-        finally:
-            tracker.close()
+        runs = tracker.trial_runs(cfg.sweep.name)
+        assert len(runs) == 8
+        assert {r["status"] for r in runs} == {"FINISHED"}
     finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        tracker.close()

@@ -242,13 +242,6 @@ _RETRIED = (
 )
 
 
-def __getattr__(name: str) -> Any:
-    # Built on first use: subclassing RDBStorage imports Optuna and SQLAlchemy.
-    if name == "RetryingRDBStorage":
-        return _retrying_class()
-    raise AttributeError(name)
-
-
 def make_sampler(sweep: SweepConfig, space: list[Param], seed: int) -> Any:
     """The sampler named by ``sweep.sampler``."""
     import optuna
