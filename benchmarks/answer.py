@@ -1,30 +1,32 @@
-"""answer: how long an ablation takes to answer, the exhaustive way against the fast way.
+"""answer: how long an ablation takes to its verdicts, the exhaustive way against the fast way.
 
-Two parts, one invocation, one machine:
+Real Fashion-MNIST (the Debian package's files; the document's seed-13 split, the first
+``data.limit`` images of each split: 12,000 train, 12,000 validation and the **full 10,000
+test images**), the rows of conf/study/fashion_mnist_dropout.yaml (baseline, dropout) plus
+``null_seed``, the baseline again under another seed stream (``seed: 1000``): a row with no
+real effect by construction. Each way runs through the real CLI (``python -m sweeps run``,
+then ``report``) in a store of its own:
 
-- **epoch cost**: seed 001's baseline CNN (conf/study/age_gap.yaml, 618,593 parameters at
-  100x100) in a plain Keras ``fit`` on 1,200 random images, batch 16, in float32 and in the
-  policy ``train.precision=auto`` picks here; each run is a fresh process, the precisions
-  alternate, and the first epoch (graph tracing) is left out of the per-epoch figures.
-- **time to answer**: an ablation on real Fashion-MNIST (the Debian package's files, the first
-  ``data.limit`` images of each split of the document's seed-13 split) with the rows of
-  conf/study/fashion_mnist_dropout.yaml plus one row that trains the baseline in mixed
-  bfloat16, run through the real CLI (``python -m sweeps run``, then ``report``) two ways:
-  exhaustive (fixed ``sweep.repeats``, every epoch, float32) and fast (``sweep.repeats=auto``,
-  ``train.patience``, ``train.precision=auto``). Verdicts are read back with
-  :func:`sweeps.verdict.verdicts_for_study` under the study's recorded rule, as the report does.
+- **exhaustive**: ``sweep.repeats=10``, the study's 20 epochs, float32;
+- **fast_float32**: the recorded rule (``sweep.repeats=auto``: 3 to 10 repeats, family-wise
+  error over rows and looks, futility at delta), float32: the rule's saving alone;
+- **fast**: the same rule with ``train.precision=auto``: the precision's saving on top.
 
-The precision row answers "does mixed bfloat16 cost accuracy?": in the exhaustive way it is
-mixed bfloat16 against a float32 baseline, paired by seed, and should come out ``equivalent``
-within ``report.margin``. In the fast way the baseline itself trains in the auto policy, so that
-row is the baseline again.
+Patience is off in every way (ablation mode's default), so a row's epochs do not depend on
+where its own plateau fell. The ways run ``rounds`` times each, alternating (A B C, then
+C B A), so a drift of the machine's load does not favour one way. Each ``run`` and ``report``
+process's CPU seconds (every thread, children included) come from ``wait4``; the load average
+before and after each way, and the CPU model and its bfloat16 flags, go into the JSON.
+
+A second part trains the baseline in mixed bfloat16 against float32, paired by seed over
+``precision_seeds`` seeds, on the same data and epochs, and gives the verdict and its interval
+(target: ``equivalent`` within ``report.margin``, one point).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,131 +35,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Result, child_env, emit, fmt, median
+from benchmarks.common import Result, child_env, fmt, median
 
-STUDY, SOURCE_STUDY = "answer_fashion", "fashion_mnist_dropout"
-PRECISION_ROW = "mixed_bfloat16"
+STUDY, PRECISION_STUDY, SOURCE_STUDY = "answer_fashion", "answer_precision", "fashion_mnist_dropout"
+NULL_ROW, BF16_ROW = "null_seed", "bfloat16"
+WAYS = ("exhaustive", "fast_float32", "fast")
+SAME_ANSWER = {"equivalent", "no effect >= delta"}  # neither says the row changed anything
+DECIDED = {"better", "worse", *SAME_ANSWER}
 
 
 @dataclass(frozen=True)
 class Workload:
-    limit: int  # images per split (train, validation, test)
-    epochs: int  # the study's epochs: both ways cap at it
+    limit: int  # images per split (train, validation, test: all 10,000 at >= 10,000)
+    epochs: int  # the study's epochs
     exhaustive_repeats: int
     min_repeats: int
     max_repeats: int
-    patience: int
-    cost_images: int  # epoch-cost part: random images, batch 16
-    cost_size: int
-    cost_epochs: int
-    cost_repeats: int
-    precision_row: bool = False  # a row equal to the baseline under auto is refused
+    rounds: int  # each way this many times, alternating
+    precision_seeds: int
+    source_rows: bool = True  # the document's variant (dropout) beside the null row
 
 
-# Sized for about 40 minutes on a shared 2-core box: 300 images per split keep 30 exhaustive
-# trials of the study's 20 epochs affordable; the epoch-cost part is seed 001's CNN on 1,200
-# images at 100x100.
-FULL = Workload(limit=300, epochs=20, exhaustive_repeats=10, min_repeats=3, max_repeats=10,
-                patience=3, cost_images=1200, cost_size=100, cost_epochs=3,
-                cost_repeats=3)  # fmt: skip
+FULL = Workload(limit=12_000, epochs=20, exhaustive_repeats=10, min_repeats=3, max_repeats=10,
+                rounds=2, precision_seeds=5)  # fmt: skip
 # CI smoke test: every part runs, on a workload too small for its figures to mean anything.
-QUICK = Workload(limit=100, epochs=2, exhaustive_repeats=2, min_repeats=2, max_repeats=2,
-                 patience=1, cost_images=64, cost_size=32, cost_epochs=2, cost_repeats=1,
-                 precision_row=False)  # fmt: skip
+QUICK = Workload(limit=60, epochs=1, exhaustive_repeats=2, min_repeats=2, max_repeats=2,
+                 rounds=1, precision_seeds=2, source_rows=False)  # fmt: skip
 
 
 def run(quick: bool, repeats: int | None = None) -> Result:
-    """Runs the epoch-cost part, then the ablation the exhaustive way and the fast way."""
+    """Every way ``rounds`` times, alternating; then bfloat16 against float32."""
     work = QUICK if quick else FULL
     if repeats:
-        work = Workload(**{**work.__dict__, "cost_repeats": repeats})
+        work = Workload(**{**work.__dict__, "rounds": repeats})
     with tempfile.TemporaryDirectory(prefix="bench-answer-") as tmp:
         root = Path(tmp)
-        conf = _conf_with_study(root / "conf", work)
-        # The CLI searches this folder in front of the installed configs.
-        os.environ["SWEEPS_CONFIG_DIR"] = str(conf)
-        auto = _auto_repeats_available(conf, root)
-        ways = {"exhaustive": _exhaustive(work), "fast": _fast(work, auto)}
-        results = {name: _way(name, args, root, work) for name, args in ways.items()}
-    cost_rows = [_epoch_cost(work, precision, r) for r in range(work.cost_repeats)
-                 for precision in ("float32", "auto")]  # fmt: skip
-    return _result(work, cost_rows, results, ways, auto)
+        conf = _conf_with_studies(root / "conf", work)
+        os.environ["SWEEPS_CONFIG_DIR"] = str(conf)  # searched in front of the installed configs
+        ways = {"exhaustive": _exhaustive(work), "fast_float32": _fast(work, "float32"),
+                "fast": _fast(work, "auto")}  # fmt: skip
+        rows = []
+        for r in range(work.rounds):
+            order = WAYS if r % 2 == 0 else tuple(reversed(WAYS))
+            for name in order:
+                rows.append(_way(name, r, STUDY, ways[name], root, work))
+        precision = _way("precision", 0, PRECISION_STUDY, _precision(work), root, work)
+    return _result(work, rows, precision, ways)
 
 
-# -- epoch cost: one fresh process per measurement -------------------------------------------
-
-
-def _epoch_cost(work: Workload, precision: str, repeat: int) -> dict[str, Any]:
-    args = [str(work.cost_images), str(work.cost_size), str(work.cost_epochs), precision]
-    command = [sys.executable, "-m", "benchmarks.answer", "cost", *args]
-    proc = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True,
-                          timeout=1800)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"epoch-cost child failed:\n{proc.stderr[-2000:]}")
-    import json
-
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"answer: epoch cost {precision} ({got['policy']}) repeat {repeat + 1}: "
-          f"{got['cpu_per_epoch_s']:.2f} CPU s, {got['wall_per_epoch_s']:.2f} s per epoch",
-          flush=True)  # fmt: skip
-    return {"kind": "epoch_cost", "repeat": repeat, "precision": precision, **got}
-
-
-def cost_child(images: int, size: int, epochs: int, precision: str) -> dict[str, Any]:
-    """Trains the age_gap baseline CNN on random images; per-epoch wall and CPU seconds."""
-    import keras
-    import numpy as np
-    from sweeps.models import create_model
-    from sweeps.models.compile import compile_model
-
-    from sweeps import precision as precision_mod
-
-    policy = precision_mod.apply(precision)
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    x = rng.random((images, size, size, 3), dtype=np.float32)
-    y = rng.integers(0, 2, size=images)
-    model = create_model("cnn", input_shape=(size, size, 3), num_classes=2, filters=[32, 32, 64],
-                         kernel_size=3, padding="same", activation="relu", pooling="max",
-                         pool_size=2, dense_units=[64], dense_dropout=0.5)  # fmt: skip
-    compile_model(model, optimizer="rmsprop", learning_rate=None, num_classes=2)
-    clock = _EpochClock()
-    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[clock.callback()])
-    steady = clock.epochs[1:] or clock.epochs  # the first epoch traces the graph
-    return {"policy": policy, "params": int(model.count_params()),
-            "wall_per_epoch_s": median(w for w, _ in steady),
-            "cpu_per_epoch_s": median(c for _, c in steady),
-            "first_epoch_wall_s": clock.epochs[0][0], "epochs": clock.epochs,
-            "load_average": os.getloadavg()[0]}  # fmt: skip
-
-
-class _EpochClock:
-    """Wall and CPU seconds (every thread of the process) of each epoch."""
-
-    def __init__(self) -> None:
-        self.epochs: list[tuple[float, float]] = []
-
-    def callback(self) -> Any:
-        import keras
-
-        outer = self
-
-        class Clock(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self.start = (time.perf_counter(), time.process_time())
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                wall, cpu = self.start
-                outer.epochs.append((time.perf_counter() - wall, time.process_time() - cpu))
-
-        return Clock()
-
-
-# -- time to answer: the real CLI, two ways ---------------------------------------------------
-
-
-def _conf_with_study(conf: Path, work: Workload) -> Path:
-    """A copy of conf/ with the benchmark's study: fashion_mnist_dropout plus a precision row."""
+def _conf_with_studies(conf: Path, work: Workload) -> Path:
+    """A copy of conf/ with the benchmark's two studies, built from fashion_mnist_dropout."""
     import shutil
 
     import yaml
@@ -165,34 +92,45 @@ def _conf_with_study(conf: Path, work: Workload) -> Path:
     from sweeps.catalogue import conf_dir
 
     shutil.copytree(conf_dir(), conf, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    study = yaml.safe_load((conf / "study" / f"{SOURCE_STUDY}.yaml").read_text())
-    study.pop("space", None)
-    variants = study["ablation"]["variants"]
-    if work.precision_row:
-        variants.append({"name": PRECISION_ROW, "set": {"train.precision": "mixed_bfloat16"},
-                         "note": "the baseline trained in mixed bfloat16"})  # fmt: skip
-    header = f"# @package _global_\n# {STUDY}: {SOURCE_STUDY} plus a precision row (benchmark)\n"
-    (conf / "study" / f"{STUDY}.yaml").write_text(header + yaml.safe_dump(study, sort_keys=False))
+    source = yaml.safe_load((conf / "study" / f"{SOURCE_STUDY}.yaml").read_text())
+    source.pop("space", None)
+    study = copy.deepcopy(source)
+    if not work.source_rows:
+        study["ablation"]["variants"] = []
+    null = "the baseline under another seed stream: no real effect by construction"
+    study["ablation"]["variants"].append({"name": NULL_ROW, "set": {"seed": 1000}, "note": null})
+    precision = copy.deepcopy(source)
+    bf16 = "the baseline trained in mixed bfloat16 (the baseline row: float32)"
+    precision["ablation"]["variants"] = [
+        {"name": BF16_ROW, "set": {"train.precision": "mixed_bfloat16"}, "note": bf16}
+    ]
+    studies = ((STUDY, study, "plus a null row"),
+               (PRECISION_STUDY, precision, "baseline in bfloat16 vs float32"))  # fmt: skip
+    for name, body, what in studies:
+        header = f"# @package _global_\n# {name}: {SOURCE_STUDY} {what} (benchmark)\n"
+        (conf / "study" / f"{name}.yaml").write_text(header + yaml.safe_dump(body, sort_keys=False))
     return conf
 
 
 def _common(work: Workload) -> list[str]:
     return [f"data.limit={work.limit}", f"train.epochs={work.epochs}", "train.verbose=0",
-            "sweep.mode=ablation"]  # fmt: skip
+            "train.patience=null", "sweep.mode=ablation"]  # fmt: skip
 
 
 def _exhaustive(work: Workload) -> list[str]:
     return [*_common(work), f"sweep.repeats={work.exhaustive_repeats}", "train.precision=float32"]
 
 
-def _fast(work: Workload, auto: bool) -> list[str]:
-    repeats = (["sweep.repeats=auto", f"sweep.min_repeats={work.min_repeats}",
-                f"sweep.max_repeats={work.max_repeats}"] if auto
-               else [f"sweep.repeats={work.min_repeats}"])  # fmt: skip
-    return [*_common(work), *repeats, f"train.patience={work.patience}", "train.precision=auto"]
+def _fast(work: Workload, precision: str) -> list[str]:
+    return [*_common(work), "sweep.repeats=auto", f"sweep.min_repeats={work.min_repeats}",
+            f"sweep.max_repeats={work.max_repeats}", f"train.precision={precision}"]  # fmt: skip
 
 
-def _compose(conf: Path, *overrides: str) -> Any:
+def _precision(work: Workload) -> list[str]:
+    return [*_common(work), f"sweep.repeats={work.precision_seeds}", "train.precision=float32"]
+
+
+def _compose(conf: Path, study: str, *overrides: str) -> Any:
     """The validated config the CLI runs for these overrides, from the copied config tree."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -200,55 +138,56 @@ def _compose(conf: Path, *overrides: str) -> Any:
     from sweeps.config import load
 
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+study={STUDY}", *overrides])
-    return load(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), study=STUDY)
+        cfg = compose(config_name="config", overrides=[f"+study={study}", *overrides])
+    return load(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), study=study)
 
 
-def _auto_repeats_available(conf: Path, root: Path) -> bool:
-    """Whether this checkout accepts ``sweep.repeats=auto`` (else the fast way uses fixed)."""
-    try:
-        _compose(conf, "sweep.mode=ablation", "sweep.repeats=auto", f"store_dir={root / 'probe'}")
-    except Exception:
-        return False
-    return True
-
-
-def _way(name: str, args: list[str], root: Path, work: Workload) -> dict[str, Any]:
-    """Runs ``sweeps run`` then ``sweeps report`` for one way; times them; reads the verdicts."""
-    store = root / name
-    full = [f"+study={STUDY}", *args, f"store_dir={store}", f"sweep.name=answer-{name}"]
-    log = root / f"{name}.log"
-    before, start = _children_cpu(), time.perf_counter()
+def _way(name: str, round_: int, study: str, args: list[str], root: Path,
+         work: Workload) -> dict[str, Any]:  # fmt: skip
+    """``sweeps run`` then ``sweeps report``, each timed as its own process; the verdicts."""
+    label = f"{name}-{round_ + 1}"
+    store = root / label
+    full = [f"+study={study}", *args, f"store_dir={store}", f"sweep.name=answer-{label}"]
+    log = root / f"{label}.log"
+    load_before, start = os.getloadavg(), time.perf_counter()
+    cpu: dict[str, float] = {}
     with log.open("w") as out:
         for command in ("run", "report"):
-            code = subprocess.run([sys.executable, "-m", "sweeps", command, *full], cwd=root,
-                                  env=child_env(), stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=7200).returncode  # fmt: skip
+            code, cpu[command] = _timed([sys.executable, "-m", "sweeps", command, *full], root,
+                                        out)  # fmt: skip
             if code != 0:
                 tail = "\n".join(log.read_text().splitlines()[-20:])
-                raise RuntimeError(f"sweeps {command} ({name}) exited {code}:\n{tail}")
-    wall, cpu = time.perf_counter() - start, _children_cpu() - before
-    facts = _read_study(root / "conf", full[1:])
-    print(f"answer: {name}: {wall:.0f}s wall, {cpu:.0f} CPU s, {facts['trials']} trials, "
+                raise RuntimeError(f"sweeps {command} ({label}) exited {code}:\n{tail}")
+    wall = time.perf_counter() - start
+    facts = _read_study(root / "conf", study, full[1:])
+    total = cpu["run"] + cpu["report"]
+    print(f"answer: {label}: {wall:.0f}s wall, {total:.0f} CPU s, {facts['trials']} trials, "
           f"{facts['epochs']} epochs, verdicts {facts['verdicts']}", flush=True)  # fmt: skip
-    return {"kind": "way", "way": name, "wall_s": wall, "cpu_s": cpu,
-            "cpu_per_epoch_s": cpu / max(facts["epochs"], 1), **facts}  # fmt: skip
+    return {"kind": "way", "way": name, "round": round_, "wall_s": wall, "cpu_s": total,
+            "cpu_run_s": cpu["run"], "cpu_report_s": cpu["report"],
+            "cpu_per_epoch_s": cpu["run"] / max(facts["epochs"], 1),
+            "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()), **facts}  # fmt: skip
 
 
-def _children_cpu() -> float:
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
+def _timed(command: list[str], cwd: Path, out: Any) -> tuple[int, float]:
+    """Exit code and CPU seconds (user + system, its children included) of one process."""
+    proc = subprocess.Popen(command, cwd=cwd, env=child_env(), stdout=out,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
-def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
-    """Trials, epochs, repeats and verdict per row, from the study's storage."""
+def _read_study(conf: Path, study_name: str, overrides: list[str]) -> dict[str, Any]:
+    """Trials, epochs, repeats, verdict, interval and stop reason per row, from the storage."""
     import optuna
 
     from benchmarks.common import epochs_trained
     from sweeps import keys, verdict
     from sweeps.storage import open_storage
 
-    cfg = _compose(conf, *overrides)
+    cfg = _compose(conf, study_name, *overrides)
     storage = open_storage(cfg.storage, cfg.store_dir, lambda study, trial: None)
     study = optuna.load_study(study_name=cfg.sweep.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
@@ -259,19 +198,17 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
     found = verdict.verdicts_for_study(cfg, trials, metric, rule, state)
     names = [v.name for v in cfg.variants]
     values = verdict.paired_values(trials, metric, names)
-    reasons: dict[str, int] = {}
-    for t in done:
-        why = str(t.user_attrs.get("stop_reason", "epochs"))
-        reasons[why] = reasons.get(why, 0) + 1
     return {
         "trials": len(done),
         "failed": sum(t.state.name == "FAIL" for t in trials),
         "epochs": sum(epochs_trained(t) for t in done),
-        "stop_reasons": reasons,
         "repeats_per_row": {name: len(values.get(name, {})) for name in names},
         "verdicts": {name: v.verdict for name, v in found.items()},
+        "stopped": {name: v.stopped for name, v in found.items()},
         "diffs": {name: [v.diff, v.low, v.high] for name, v in found.items()},
-        "auto_record": copy.deepcopy(study.user_attrs.get(keys.AUTO_ATTR)),
+        "paired_sd": {name: v.sd for name, v in found.items()},
+        "confidence": {name: v.confidence for name, v in found.items()},
+        "rule": copy.deepcopy(study.user_attrs.get(keys.RULE_ATTR)),
     }
 
 
@@ -279,140 +216,135 @@ def _read_study(conf: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def compare(exhaustive: dict[str, str], fast: dict[str, str]) -> dict[str, int]:
-    """Counts of the fast way's rows: decided and agreeing, decided and not, left undecided."""
-    counts = {"rows": len(fast), "fast_decided": 0, "agree": 0, "conflict": 0,
-              "exhaustive_undecided": 0, "fast_undecided": 0}  # fmt: skip
+    """How the fast way's verdicts stand against the exhaustive way's, row by row.
+
+    ``opposite``: one says better and the other worse. ``differ``: both decided, with other
+    words that do not contradict (better and no effect >= delta can both hold for an effect
+    between 0 and delta). ``lost``: rows the exhaustive way decided and the fast way did not.
+    ``gained``: rows the fast way decided and the exhaustive way did not.
+    """
+    counts = {"rows": len(fast), "fast_decided": 0, "agree": 0, "opposite": 0, "differ": 0,
+              "lost": 0, "gained": 0}  # fmt: skip
     for name, word in fast.items():
-        if word == "undecided":
-            counts["fast_undecided"] += 1
-            continue
-        counts["fast_decided"] += 1
         other = exhaustive.get(name, "undecided")
-        if other == word:
-            counts["agree"] += 1
-        elif other == "undecided":
-            counts["exhaustive_undecided"] += 1  # the fast way claims what 10 repeats did not
-        else:
-            counts["conflict"] += 1
+        if word in DECIDED:
+            counts["fast_decided"] += 1
+        if word in DECIDED and other in DECIDED:
+            if word == other:
+                counts["agree"] += 1
+            elif {word, other} == {"better", "worse"}:
+                counts["opposite"] += 1
+            else:
+                counts["differ"] += 1
+        elif other in DECIDED:
+            counts["lost"] += 1
+        elif word in DECIDED:
+            counts["gained"] += 1
     return counts
 
 
-def _result(work: Workload, cost_rows: list[dict[str, Any]], ways: dict[str, dict[str, Any]],
-            overrides: dict[str, list[str]], auto: bool) -> Result:  # fmt: skip
-    f32 = [r for r in cost_rows if r["precision"] == "float32"]
-    fast_p = [r for r in cost_rows if r["precision"] == "auto"]
-    pairs = list(zip(f32, fast_p, strict=True))
-    exh, fast = ways["exhaustive"], ways["fast"]
-    counts = compare(exh["verdicts"], fast["verdicts"])
-    agree_share = counts["agree"] / counts["fast_decided"] if counts["fast_decided"] else 1.0
-    medians = {
-        "float32_cpu_per_epoch_s": median(r["cpu_per_epoch_s"] for r in f32),
-        "auto_cpu_per_epoch_s": median(r["cpu_per_epoch_s"] for r in fast_p),
-        "float32_wall_per_epoch_s": median(r["wall_per_epoch_s"] for r in f32),
-        "auto_wall_per_epoch_s": median(r["wall_per_epoch_s"] for r in fast_p),
-        **{f"{w}_{k}": float(ways[w][k]) for w in ways
-           for k in ("wall_s", "cpu_s", "epochs", "trials", "cpu_per_epoch_s")},
-        **{k: float(v) for k, v in counts.items()},
-    }  # fmt: skip
-    ratios = {
-        "fast_wall_over_exhaustive": fast["wall_s"] / exh["wall_s"],
-        "fast_cpu_over_exhaustive": fast["cpu_s"] / exh["cpu_s"],
-        "fast_epochs_over_exhaustive": fast["epochs"] / max(exh["epochs"], 1),
-        "float32_cpu_per_epoch_over_auto": median(a["cpu_per_epoch_s"] / b["cpu_per_epoch_s"]
-                                                  for a, b in pairs),
-        "float32_wall_per_epoch_over_auto": median(a["wall_per_epoch_s"] / b["wall_per_epoch_s"]
-                                                   for a, b in pairs),
+def _result(work: Workload, rows: list[dict[str, Any]], precision: dict[str, Any],
+            overrides: dict[str, list[str]]) -> Result:  # fmt: skip
+    by = {w: [r for r in rows if r["way"] == w] for w in WAYS}
+    kinds = ("cpu_s", "wall_s", "epochs", "trials", "cpu_per_epoch_s")
+    med = {w: {k: median(r[k] for r in by[w]) for k in kinds} for w in WAYS}
+    pairs = [compare(e["verdicts"], f["verdicts"]) for e in by["exhaustive"] for f in by["fast"]]
+    total = {k: sum(c[k] for c in pairs) for k in pairs[0]}
+    agree_share = total["agree"] / total["fast_decided"] if total["fast_decided"] else 1.0
+    ratio = {
+        "fast_cpu_over_exhaustive": med["fast"]["cpu_s"] / med["exhaustive"]["cpu_s"],
+        "fast_wall_over_exhaustive": med["fast"]["wall_s"] / med["exhaustive"]["wall_s"],
+        "fast_epochs_over_exhaustive": med["fast"]["epochs"] / max(med["exhaustive"]["epochs"], 1),
+        # each lever alone: the rule at float32, then the precision under the same rule
+        "rule_cpu_over_exhaustive": med["fast_float32"]["cpu_s"] / med["exhaustive"]["cpu_s"],
+        "precision_cpu_over_float32": med["fast"]["cpu_s"] / med["fast_float32"]["cpu_s"],
+        "float32_cpu_per_epoch_over_auto": med["fast_float32"]["cpu_per_epoch_s"]
+        / med["fast"]["cpu_per_epoch_s"],
         "decided_rows_agreeing_share": agree_share,
     }  # fmt: skip
+    medians = {f"{w}_{k}": float(v) for w in WAYS for k, v in med[w].items()}
+    medians.update({f"pairs_{k}": float(v) for k, v in total.items()})
+    bf16 = precision["diffs"].get(BF16_ROW, [float("nan")] * 3)
+    medians.update(bf16_diff=bf16[0], bf16_low=bf16[1], bf16_high=bf16[2])
+    policy = _auto_policy()
     notes = [
-        f"the precision auto resolves to here: {fast_p[0]['policy']}",
-        "fast-way rows: decided and agreeing / decided where the exhaustive way stayed "
-        "undecided / decided otherwise (conflict) / left undecided: "
-        f"{counts['agree']} / {counts['exhaustive_undecided']} / {counts['conflict']} / "
-        f"{counts['fast_undecided']}",
-        "wall and CPU of a way: `sweeps run` plus `sweeps report`, as a user waits for them; "
-        "CPU counts every thread of both processes",
+        f"train.precision=auto resolves here to {policy}"
+        + (
+            ""
+            if policy != "float32"
+            else ": fast and fast_float32 train alike on this CPU, "
+            "the precision lever is 1 by construction"
+        ),
+        f"exhaustive against fast, over {len(pairs)} pairing(s) of their rounds: rows decided "
+        f"alike / opposite (better vs worse) / both decided, other words / decided only by the "
+        f"exhaustive way / only by the fast way: {total['agree']} / {total['opposite']} / "
+        f"{total['differ']} / {total['lost']} / {total['gained']}",
+        "CPU seconds of a way: its `sweeps run` and `sweeps report` processes (wait4: every "
+        "thread, children included); wall seconds as a user waits",
+        f"bfloat16 against float32 ({work.precision_seeds} paired seeds, the baseline): "
+        f"{precision['verdicts'].get(BF16_ROW, 'missing')}, test_acc difference "
+        f"{100 * bf16[0]:+.2f} points, interval [{100 * bf16[1]:+.2f}, {100 * bf16[2]:+.2f}] "
+        f"at {precision['confidence'].get(BF16_ROW, float('nan')):.3f}",
     ]
-    if not auto:
-        notes.append(f"sweep.repeats=auto is not in this checkout: the fast way ran fixed "
-                     f"sweep.repeats={work.min_repeats}")  # fmt: skip
-    if work.precision_row:
-        word = exh["verdicts"].get(PRECISION_ROW, "missing")
-        diff = exh["diffs"].get(PRECISION_ROW)
-        notes.append(f"mixed bfloat16 against the float32 baseline (exhaustive way, paired, "
-                     f"margin 1 point): {word}, test_acc diff and 95% CI {diff}")  # fmt: skip
     return Result(
         workload={
-            "epoch_cost": {
-                "model": "age_gap baseline CNN",
-                "images": work.cost_images,
-                "image_size": work.cost_size,
-                "batch_size": 16,
-                "epochs": work.cost_epochs,
-                "repeats": work.cost_repeats,
-                "data": "random, plain keras fit",
-            },
-            "ablation": {
-                "study": f"{SOURCE_STUDY} rows"
-                + (f" + {PRECISION_ROW}" if work.precision_row else ""),
-                "data": f"fashion_mnist, data.limit={work.limit} per split",
-                "epochs_cap": work.epochs,
-            },
+            "study": f"{SOURCE_STUDY} rows + {NULL_ROW} (seed: 1000, no real effect)",
+            "data": f"fashion_mnist, data.limit={work.limit} per split (test: all 10,000 at "
+            ">= 10,000)",
+            "epochs": work.epochs,
+            "exhaustive_repeats": work.exhaustive_repeats,
+            "auto_repeats": [work.min_repeats, work.max_repeats],
+            "rounds": work.rounds,
+            "order": "A B C, then C B A, ...",
+            "precision_seeds": work.precision_seeds,
+            "auto_policy": policy,
             "commands": {
                 w: f"python -m sweeps run +study={STUDY} " + " ".join(a)
                 for w, a in overrides.items()
-            },
-            "auto_repeats": auto,
-        },  # fmt: skip
-        repeats=[*cost_rows, *ways.values()],
+            },  # fmt: skip
+        },
+        repeats=[*rows, {**precision, "kind": "precision"}],
         medians=medians,
-        ratios=ratios,
+        ratios=ratio,
         targets={
-            "fast_wall_over_exhaustive": "<= 0.35",
-            "float32_cpu_per_epoch_over_auto": ">= 1.3",
-            "decided_rows_agreeing_share": ">= 1.0",
+            "fast_cpu_over_exhaustive": "<= 0.35",
+            "pairs_opposite": "<= 0",
+            "pairs_lost": "<= 0",
         },  # fmt: skip
-        table=_table(medians, ratios, ways),
+        table=_table(med, ratio, by, precision),
         notes=notes,
     )
 
 
-def _table(medians: dict[str, float], ratios: dict[str, float],
-           ways: dict[str, dict[str, Any]]) -> list[list[str]]:  # fmt: skip
-    table = [["measure", "float32 / exhaustive", "auto / fast", "ratio"]]
-    table.append(["CPU s per epoch (age_gap CNN)", fmt(medians["float32_cpu_per_epoch_s"]),
-                  fmt(medians["auto_cpu_per_epoch_s"]),
-                  fmt(ratios["float32_cpu_per_epoch_over_auto"], 3)])  # fmt: skip
-    table.append(["wall s per epoch (age_gap CNN)", fmt(medians["float32_wall_per_epoch_s"]),
-                  fmt(medians["auto_wall_per_epoch_s"]),
-                  fmt(ratios["float32_wall_per_epoch_over_auto"], 3)])  # fmt: skip
-    table.append(
-        [
-            "ablation wall s (run + report)",
-            fmt(medians["exhaustive_wall_s"], 0),
-            fmt(medians["fast_wall_s"], 0),
-            fmt(ratios["fast_wall_over_exhaustive"], 3),
-        ]
-    )
-    table.append(
-        [
-            "ablation epochs",
-            fmt(medians["exhaustive_epochs"], 0),
-            fmt(medians["fast_epochs"], 0),
-            fmt(ratios["fast_epochs_over_exhaustive"], 3),
-        ]
-    )
-    for name in ways["fast"]["verdicts"]:
-        row = [f"row {name}: verdict (repeats)"]
-        for way in ("exhaustive", "fast"):
-            got = ways[way]
-            row.append(f"{got['verdicts'].get(name, '-')} ({got['repeats_per_row'].get(name)})")
-        table.append([*row, ""])
+def _auto_policy() -> str:
+    from sweeps import precision
+
+    return precision.choose("auto")
+
+
+def _table(
+    med: dict[str, dict[str, float]],
+    ratio: dict[str, float],
+    by: dict[str, list[dict[str, Any]]],
+    precision: dict[str, Any],
+) -> list[list[str]]:
+    table = [["measure", *WAYS, "fast / exhaustive"]]
+    table.append(["CPU s, run + report (median)", *(fmt(med[w]["cpu_s"], 0) for w in WAYS),
+                  fmt(ratio["fast_cpu_over_exhaustive"], 3)])  # fmt: skip
+    table.append(["wall s (median)", *(fmt(med[w]["wall_s"], 0) for w in WAYS),
+                  fmt(ratio["fast_wall_over_exhaustive"], 3)])  # fmt: skip
+    table.append(["epochs trained", *(fmt(med[w]["epochs"], 0) for w in WAYS),
+                  fmt(ratio["fast_epochs_over_exhaustive"], 3)])  # fmt: skip
+    for name in by["fast"][0]["verdicts"]:
+        cells = []
+        for w in WAYS:
+            words = [f"{r['verdicts'].get(name, '-')} ({r['repeats_per_row'].get(name)})"
+                     for r in by[w]]  # fmt: skip
+            cells.append(" / ".join(words))
+        table.append([f"row {name}: verdict (repeats), per round", *cells, ""])
+    bf16 = precision["diffs"].get(BF16_ROW)
+    if bf16:
+        table.append(["bfloat16 vs float32: diff [interval], points",
+                      f"{100 * bf16[0]:+.2f} [{100 * bf16[1]:+.2f}, {100 * bf16[2]:+.2f}]",
+                      precision["verdicts"].get(BF16_ROW, "-"), "", ""])  # fmt: skip
     return table
-
-
-if __name__ == "__main__":
-    kind, *rest = sys.argv[1:]
-    if kind != "cost":
-        raise SystemExit(f"unknown child {kind!r}")
-    emit(cost_child(int(rest[0]), int(rest[1]), int(rest[2]), rest[3]))

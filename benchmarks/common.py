@@ -54,10 +54,13 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    flags = (_proc_field("/proc/cpuinfo", "flags") or "").split()
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
+        # bfloat16 instructions decide what train.precision=auto trains in on a CPU
+        "cpu_bf16_flags": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
         "memory": _proc_field("/proc/meminfo", "MemTotal"),
         "platform": platform.platform(),
         "python": platform.python_version(),

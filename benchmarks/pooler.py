@@ -46,10 +46,12 @@ class Workload:
     window: float  # seconds all workers run together
     server_pool: int  # PgBouncer's default_pool_size
     query_wait: int  # PgBouncer's query_wait_timeout: how long a client waits for a server
+    retry_timeout: float  # storage.retry_timeout of every worker
 
 
-FULL = Workload(workers=64, window=60.0, server_pool=40, query_wait=120)
-QUICK = Workload(workers=6, window=8.0, server_pool=4, query_wait=10)
+FULL = Workload(workers=64, window=60.0, server_pool=40, query_wait=120, retry_timeout=120.0)
+# A worker session mode never serves would retry for the default 120 s: 20 s tells as much.
+QUICK = Workload(workers=6, window=8.0, server_pool=4, query_wait=10, retry_timeout=20.0)
 MODES = ("direct", "pgbouncer_session", "pgbouncer_transaction")
 
 
@@ -103,6 +105,7 @@ def run(quick: bool = False, repeats: int | None = None) -> Result:
             "max_connections": MAX_CONNECTIONS,
             "pgbouncer_default_pool_size": work.server_pool,
             "pgbouncer_query_wait_timeout": work.query_wait,
+            "storage.retry_timeout": work.retry_timeout,
             "storage.pool_size": 2,
             "trial": "ask, 3 parameters, 5 epochs reported 0.2 s apart, tell; heartbeat 1 s",
             "pgbouncer": _pgbouncer_version(),
@@ -133,8 +136,8 @@ def run(quick: bool = False, repeats: int | None = None) -> Result:
         notes=[
             f"one PostgreSQL with max_connections={MAX_CONNECTIONS}; each worker process keeps "
             "up to storage.pool_size=2 connections (its main thread and its heartbeat)",
-            "storage errors: calls that failed after storage.retry_timeout (here 30 s), plus "
-            "workers that could not open the storage at all",
+            f"storage errors: calls that failed after storage.retry_timeout "
+            f"({work.retry_timeout:g} s), plus workers that could not open the storage at all",
             "session mode: a client connection holds a server connection while open, so "
             "workers beyond default_pool_size wait in PgBouncer's queue until one exits",
             "transaction mode needs no server-side prepared statements: the product opens "
@@ -201,6 +204,7 @@ def _measure(url: str, cluster: Any, database: str, work: Workload, folder: Path
                 f"study-{database}",
                 str(start_at),
                 str(work.window),
+                str(work.retry_timeout),
                 str(folder / f"w{i}.json"),
             ],
             cwd=REPO,
@@ -247,7 +251,8 @@ def _measure(url: str, cluster: Any, database: str, work: Workload, folder: Path
     }
 
 
-def _worker(url: str, name: str, start_at: float, window: float, out: Path) -> None:
+def _worker(url: str, name: str, start_at: float, window: float, retry_timeout: float,
+            out: Path) -> None:  # fmt: skip
     """One lightweight worker: the product's storage, scripted trials, then a JSON line."""
     import optuna
 
@@ -257,7 +262,7 @@ def _worker(url: str, name: str, start_at: float, window: float, out: Path) -> N
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     record: dict[str, Any] = {"opened": False, "trials": 0, "errors": 0, "retries": 0,
                               "messages": []}  # fmt: skip
-    cfg = StorageConfig(url=url, heartbeat_interval=1, retry_timeout=30.0)
+    cfg = StorageConfig(url=url, heartbeat_interval=1, retry_timeout=retry_timeout)
     try:
         storage = open_storage(cfg, out.parent, lambda s, t: None)
         sampler = optuna.samplers.RandomSampler()
@@ -293,4 +298,5 @@ def _worker(url: str, name: str, start_at: float, window: float, out: Path) -> N
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5]))
+    _worker(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+            Path(sys.argv[6]))  # fmt: skip

@@ -24,8 +24,8 @@ RATIOS = {
     "startup": ["help_over_python", "studies_over_python"],
     "liar": ["best_on_over_off", "top5_on_over_off"],
     "packing": ["measured_over_analytic"],
-    "answer": ["fast_wall_over_exhaustive", "float32_cpu_per_epoch_over_auto",
-               "decided_rows_agreeing_share"],
+    "answer": ["fast_wall_over_exhaustive", "fast_cpu_over_exhaustive",
+               "float32_cpu_per_epoch_over_auto", "decided_rows_agreeing_share"],
     "backends": ["jax_over_tensorflow_age_gap_float32", "jax_over_tensorflow_fashion_float32"],
     "verdicts": ["fwer_over_alpha_s0.01", "unlocked_fwer_over_alpha_s0.01",
                  "null_repeats_over_max_s0.01"],
@@ -77,3 +77,14 @@ def test_published_results_are_full_runs_with_their_ratios(path):
         assert "sweeps_subprocess_over_bare" in record["ratios"]
     assert record["quick"] is False and record["command"] == f"python -m benchmarks {path.stem}"
     assert len(record["repeats"]) >= 3
+
+
+def test_answer_counts_opposite_lost_and_compatible_verdicts_apart():
+    from benchmarks.answer import compare
+
+    exhaustive = {"a": "better", "b": "better", "c": "worse", "d": "equivalent", "e": "undecided"}
+    fast = {"a": "better", "b": "no effect >= delta", "c": "better", "d": "undecided",
+            "e": "worse"}  # fmt: skip
+    got = compare(exhaustive, fast)
+    assert got == {"rows": 5, "fast_decided": 4, "agree": 1, "opposite": 1, "differ": 1,
+                   "lost": 1, "gained": 1}  # fmt: skip

@@ -218,3 +218,25 @@ def test_own_study_walkthrough_keeps_the_shape_its_end_to_end_test_reads() -> No
     model_page = (ROOT / "docs" / "how-to" / "own-model.md").read_text(encoding="utf-8")
     shown = re.search(r"```python\n(.*?)```", model_page, re.S)
     assert shown is not None and shown.group(1) == files["mymodels.py"]
+
+
+def test_readme_verdict_figures_are_those_of_the_committed_benchmark() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = json.loads((RESULTS / "verdicts.json").read_text(encoding="utf-8"))["medians"]
+    for spread, label in (("0.005", "0.5 point"), ("0.01", "1 point"), ("0.02", "2 points")):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {label} |"))
+        fwer, se = m[f"null10_s{spread}_fwer"], m[f"null10_s{spread}_fwer_se"]
+        assert f"{fwer:.3f} ± {se:.3f}" in row, row
+        assert f"{m[f'null10_s{spread}_null_repeats']:.1f} of 10" in row, row
+        assert f"{m[f'one_at_delta_s{spread}_power']:.3f}" in row, row
+
+
+def test_readme_pooler_figures_are_those_of_the_committed_benchmark() -> None:
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    m = json.loads((RESULTS / "pooler.json").read_text(encoding="utf-8"))["medians"]
+    tx, direct = "pgbouncer_transaction", "direct"
+    assert f"transaction mode {m[f'{tx}_trials_per_minute']:.0f} trials a minute on " \
+           f"{m[f'{tx}_max_server_connections']:.0f} server connections" in readme  # fmt: skip
+    assert f"straight to PostgreSQL {m[f'{direct}_trials_per_minute']:.0f} a minute with all " \
+           f"{m[f'{direct}_max_server_connections']:.0f} connections taken and " \
+           f"{m[f'{direct}_retries']:.0f} calls" in readme  # fmt: skip

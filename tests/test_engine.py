@@ -186,6 +186,18 @@ def test_changed_space_is_refused_unless_allowed(store):
     assert len(_study(cfg).trials) == 2
 
 
+def test_a_row_that_sets_seed_draws_its_own_seeds_the_others_stay_paired(store):
+    # A null control: the baseline again under another seed stream.
+    null_row = "+ablation.variants=[{name: null_seed, set: {seed: 1000}}]"
+    cfg = compose("fashion_mnist_dropout", "sweep.mode=ablation", "sweep.repeats=2",
+                  "train.epochs=1", null_row, store=store)  # fmt: skip
+    trainer = FakeTrainer()
+    run_study(cfg, trainer=trainer)
+    seeds = {(s.variant, s.repeat): s.seed for s in trainer.specs}
+    assert seeds == {("baseline", 0): 0, ("baseline", 1): 1, ("null_seed", 0): 1000,
+                     ("null_seed", 1): 1001}  # fmt: skip
+
+
 def test_ablation_runs_every_variant_and_repeat_once(store):
     overrides = ("sweep.mode=ablation", "sweep.repeats=2", "train.epochs=2", "data.root=unused")
     cfg = compose("age_gap", *overrides, store=store)

@@ -3,7 +3,8 @@
 Debian's ``slurm-wlm`` and ``munge`` (``apt-get install slurm-wlm munge``): munged with a key
 of its own, slurmctld and slurmd on 127.0.0.1, everything in a temporary folder; the node has
 2 CPUs and no GPU, so the job is submitted with ``--gres=none``. The job array runs the
-quickstart against a real PostgreSQL (tests/pg.py) and a real ``mlflow server``.
+quickstart against a real PostgreSQL (tests/pg.py) and a real ``mlflow server``; a task
+signalled mid-trial requeues itself and its next run resumes the trial in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MlflowServer, free_port, wait_http
+from conftest import free_port
 
 pytest_plugins = ["pg"]
 
@@ -115,18 +116,6 @@ class SlurmCluster:
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real ``mlflow server``, given longer to start than the shared one on a busy machine."""
-    server = MlflowServer(tmp_path_factory.mktemp("slurm-mlflow"))
-    try:
-        server.start()
-    except RuntimeError:
-        wait_http(f"{server.uri}/health", timeout=240)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def slurm() -> Iterator[SlurmCluster]:
     missing = [d for d in DAEMONS if shutil.which(d) is None]
     if missing:
@@ -207,7 +196,9 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_signalled_task_requeues_itself_and_a_cancelled_one_does_not(slurm, tmp_path):
+def test_a_cancelled_task_saves_but_is_not_requeued(slurm, tmp_path):
+    """scancel signals the worker too: it saves and exits 75 all the same, and the task stays
+    cancelled (the requeue after the time limit's warning: the resume test below)."""
     marks = tmp_path / "marks"
     marks.mkdir()
     fake = tmp_path / "fake-python"
@@ -215,43 +206,27 @@ def test_a_signalled_task_requeues_itself_and_a_cancelled_one_does_not(slurm, tm
     fake.chmod(0o755)
     env = {**slurm.env, "POSTGRES_HOST": "unused", "MLFLOW_TRACKING_URI": "http://unused",
            "SWEEPS_PYTHON": str(fake), "MARKS": str(marks)}  # fmt: skip
-
-    def submit() -> str:
-        done = subprocess.run(["sbatch", "--parsable", "--array=0", "--gres=none",
-                               "--cpus-per-task=1",
-                               f"--output={tmp_path}/job-%j.out", f"--chdir={tmp_path}",
-                               str(SBATCH), "+study=quickstart"],
-                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.strip().split(";")[0]
-        wait_for(lambda: (marks / f"started-{job}").exists(), 90, f"job {job} starts")
-        return job
-
-    # The time limit's warning, as --signal=B:TERM sends it: the batch shell only.
-    job = submit()
-    subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=30)
-    wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "GONE"), 240,
-             f"job {job} requeued and run again: {slurm.logs()}")  # fmt: skip
-    runs = (marks / "runs").read_text().splitlines()
-    (marks / "runs").unlink()
-    assert runs[0].startswith("run 0: -m sweeps run") and runs[1] == "term", runs
-    assert runs[2].startswith("run 1: ") and len(runs) == 3, runs  # SLURM_RESTART_COUNT
-    log = (tmp_path / f"job-{job}.out").read_text()
-    assert "requeueing" in log and log.count("requeueing") == 1  # both runs, appended
-
-    # scancel: the worker saves and exits 75 all the same, but the task stays cancelled.
-    job = submit()
+    done = subprocess.run(["sbatch", "--parsable", "--array=0", "--gres=none",
+                           "--cpus-per-task=1", f"--output={tmp_path}/job-%j.out",
+                           f"--chdir={tmp_path}", str(SBATCH), "+study=quickstart"],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+    wait_for(lambda: (marks / f"started-{job}").exists(), 90, f"job {job} starts")
     subprocess.run(["scancel", job], env=env, check=True, timeout=30)
     wait_for(lambda: job_state(slurm, job) in ("CANCELLED", "GONE"), 120, f"job {job} ends")
     time.sleep(3)
     assert job_state(slurm, job) in ("CANCELLED", "GONE")
+    runs = (marks / "runs").read_text().splitlines()
+    assert runs[0].startswith("run 0: -m sweeps run") and "term" in runs, runs
+    assert not [r for r in runs[1:] if r.startswith("run")], runs  # never started again
     assert "requeueing" not in (tmp_path / f"job-{job}.out").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_job_array_runs_the_quickstart_against_postgres_and_mlflow(
-    slurm, postgres, tracking_server, tmp_path
+    slurm, postgres, mlflow_server, tmp_path
 ):
     import optuna
     from mlflow import MlflowClient
@@ -261,7 +236,7 @@ def test_job_array_runs_the_quickstart_against_postgres_and_mlflow(
     name = f"slurm-{uuid.uuid4().hex[:6]}"
     env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
            "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
-           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": tracking_server.uri,
+           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": mlflow_server.uri,
            "SWEEPS_PYTHON": sys.executable,
            "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
     env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -281,9 +256,75 @@ def test_job_array_runs_the_quickstart_against_postgres_and_mlflow(
     counted = [t for t in trials if t not in surplus]
     assert [t.state.name for t in counted] == ["COMPLETE"] * n_trials, outs
     assert all(t.state.name == "FAIL" for t in surplus)
-    client = MlflowClient(tracking_uri=tracking_server.uri)
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
     for t in counted:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         assert run.data.tags["sweeps.device"] == "cpu"
     assert postgres.password not in outs
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_requeued_task_resumes_its_trial_in_the_same_run(
+    slurm, postgres, mlflow_server, tmp_path
+):
+    """The time limit's warning mid-trial: the worker saves and exits 75, the task requeues
+    itself, and its next run goes on from the saved epoch, in the same MLflow run."""
+    import optuna
+    from mlflow import MlflowClient
+    from test_preempt import _saved_epoch
+
+    from sweeps.recovery import RETRIES_ATTR
+
+    epochs = 12
+    db = f"sweeps_{uuid.uuid4().hex[:8]}"
+    url = postgres.create_database(db)
+    name = f"slurm-resume-{uuid.uuid4().hex[:6]}"
+    env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
+           "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
+           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": mlflow_server.uri,
+           "SWEEPS_PYTHON": sys.executable,
+           "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    argv = ["sbatch", "--parsable", "--array=0", "--gres=none", "--cpus-per-task=1",
+            f"--output={tmp_path}/task-%A.out", f"--chdir={tmp_path}", str(SBATCH),
+            "+study=quickstart", f"sweep.name={name}", "sweep.n_trials=1",
+            f"train.epochs={epochs}", "sweep.pruner=none", "train.verbose=0",
+            "train.threads=1", "train.subprocess=false"]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+
+    def out() -> str:
+        logs = sorted(tmp_path.glob("task-*.out"))
+        return "\n".join(p.read_text()[-3000:] for p in logs) + slurm.logs()
+
+    deadline = time.monotonic() + 300
+    while _saved_epoch(mlflow_server.s3, tmp_path) < 2:
+        assert time.monotonic() < deadline, f"no epoch saved: {out()}"
+        assert job_state(slurm, job) in ("PENDING", "RUNNING", "CONFIGURING"), out()
+        time.sleep(0.5)
+    # --signal=B:TERM@120's warning: the batch shell only, which hands it to the worker.
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=30)
+    wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "GONE", "FAILED"), 420,
+             f"job {job} requeued and finished: {out()}")  # fmt: skip
+    log = out()
+    assert log.count("requeueing task") == 1, log
+
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], log
+    stopped, resumed = trials
+    assert stopped.user_attrs["sweeps.reason"] == "interrupted"
+    assert resumed.params == stopped.params
+    assert resumed.system_attrs.get(RETRIES_ATTR, 0) == 0  # a pre-emption spends no retry
+    at = resumed.user_attrs["sweeps.resumed_at_epoch"]
+    assert 2 <= at < epochs
+    assert sorted(resumed.intermediate_values) == list(range(1, epochs + 1))
+    run_id = resumed.user_attrs["mlflow_run_id"]
+    assert stopped.user_attrs["mlflow_run_id"] == run_id  # one MLflow run throughout
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["sweeps.resumed_at_epoch"] == str(at)
+    steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+    assert sorted(steps) == list(range(1, epochs + 1)), steps  # each epoch once

@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa
 
 from sweeps.runner import run_study
 from sweeps.services import open_tracker
-from sweeps.storage import is_transient, open_storage
+from sweeps.storage import is_busy, is_transient, open_storage
 
 
 def _wrapped(cause: BaseException) -> StorageInternalError:
@@ -43,6 +43,32 @@ def test_lost_connections_are_transient_and_bad_data_is_not():
     assert not is_transient(_wrapped(sa.IntegrityError("INSERT", {}, Exception("duplicate"))))
     assert not is_transient(_wrapped(sa.DataError("INSERT", {}, Exception("too long"))))
     assert not is_transient(ValueError("no"))
+
+
+class _PgError(Exception):
+    """A driver error carrying PostgreSQL's SQLSTATE, as psycopg's do."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_busy_database_is_tried_again_and_a_wrong_one_is_not():
+    race = sa.ProgrammingError("CREATE TABLE studies", {},
+                               _PgError('relation "studies" already exists', "42P07"))  # fmt: skip
+    assert is_busy(race) and is_busy(_wrapped(race))
+    version = sa.IntegrityError("INSERT", {}, _PgError("duplicate key value", "23505"))
+    assert is_busy(_wrapped(version))  # the version row, wrapped by Optuna at commit
+    full = sa.OperationalError("connect", {}, _PgError("FATAL: sorry, too many clients already"))
+    assert is_busy(full)
+    assert is_busy(sa.OperationalError("connect", {}, _PgError("query_wait_timeout", "08P01")))
+    assert is_busy(sa.OperationalError("DDL", {}, _PgError("deadlock detected", "40P01")))
+    refused = sa.OperationalError("connect", {}, _PgError("Connection refused"))
+    assert not is_busy(refused)
+    denied = sa.ProgrammingError("CREATE", {}, _PgError("permission denied for schema", "42501"))
+    assert not is_busy(denied)
+    auth = sa.OperationalError("connect", {}, _PgError("password authentication failed", "28P01"))
+    assert not is_busy(auth)
 
 
 @pytest.fixture

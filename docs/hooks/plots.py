@@ -173,22 +173,18 @@ def backends(r: Result) -> Figure:
     return fig
 
 
-PRECISIONS = ("float32", "auto")
-
-
 def answer(r: Result) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3), layout="constrained")
-    cost = [rep for rep in r["repeats"] if rep["kind"] == "epoch_cost"]
-    per_epoch = [
-        [rep["cpu_per_epoch_s"] for rep in cost if rep["precision"] == p] for p in PRECISIONS
-    ]
-    _bars(left, ["float32", "precision=auto"], per_epoch)
-    left.set_ylabel("CPU seconds per epoch")
-    left.set_title("age_gap CNN, one epoch")
-    ways = {rep["way"]: rep for rep in r["repeats"] if rep["kind"] == "way"}
-    _bars(right, ["exhaustive", "fast"], [[ways["exhaustive"]["cpu_s"]], [ways["fast"]["cpu_s"]]])
-    right.set_ylabel("CPU seconds, run + report")
-    right.set_title("the ablation, to its verdicts")
+    ways = [rep for rep in r["repeats"] if rep.get("kind") == "way"]
+    names = list(dict.fromkeys(rep["way"] for rep in ways))  # in the order they first ran
+    _bars(left, names, [[w["cpu_s"] for w in ways if w["way"] == n] for n in names])
+    left.set_ylabel("CPU seconds, run + report")
+    left.set_title("the ablation, to its verdicts")
+    _bars(right, names, [[w["epochs"] for w in ways if w["way"] == n] for n in names])
+    right.set_ylabel("epochs trained")
+    right.set_title("every row, every repeat")
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=8)
     return fig
 
 
@@ -222,6 +218,6 @@ PLOTS: dict[str, Plot] = {
     "liar": Plot("Best validation accuracy per seed, constant liar off and on", liar),
     "startup": Plot("Start-up time of each command, log scale", startup),
     "backends": Plot("Seconds per epoch on each Keras backend and precision", backends),
-    "answer": Plot("CPU seconds per epoch by precision, and CPU seconds to the verdicts", answer),
+    "answer": Plot("CPU seconds and epochs to the verdicts, each way (a dot per round)", answer),
     "packing": Plot("GPU memory per trial, measured and computed from the layer shapes", packing),
 }

@@ -121,11 +121,13 @@ class TrialLifecycle:
             variant = next(v for v in self.cfg.variants if v.name == name)
             raw = apply_overrides(self.cfg.raw, variant.overrides)
             params = {VARIANT_PARAM: name, REPEAT_PARAM: repeat, **variant.overrides}
+            # Repeat r trains with seed + r, the baseline's repeat r too (paired by seed); a
+            # row that sets ``seed`` draws its own stream: the baseline again, another luck.
             return make_spec(
                 self.cfg,
                 raw,
                 trial.number,
-                self.cfg.seed + repeat,
+                int(raw.get("seed", self.cfg.seed)) + repeat,
                 params,
                 self.work_dir,
                 variant=name,

@@ -8,6 +8,7 @@ storage has no heartbeats: a dead local worker is found by its process id instea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -48,7 +49,9 @@ def open_storage(
         failed_trial_callback: Called with ``(study, frozen_trial)`` for each trial found dead.
 
     Raises:
-        StorageUnreachable: within about 15 s, naming the URL with its password masked.
+        StorageUnreachable: naming the URL with its password masked: within about 15 s when
+            the database cannot be reached; a busy one (workers racing to create the schema, a
+            full server or pooler) is tried for up to ``storage.retry_timeout`` first.
     """
     import optuna
 
@@ -87,32 +90,81 @@ def _rdb_storage(
     cfg: StorageConfig,
     engine_kwargs: dict[str, Any],
     failed_trial_callback: FailedTrialCallback,
-    attempts: int = 5,
 ) -> Any:
-    """RDBStorage, retried while other workers create the schema of an empty database.
+    """RDBStorage, tried again while the database is busy rather than unreachable.
 
-    Workers started together (``docker compose up --scale worker=N``) all try to create
-    Optuna's tables; PostgreSQL lets one win and fails the others with a duplicate table or
-    type. Those succeed on a second try, once the tables exist.
+    Workers started together (``docker compose up --scale worker=N``, a job array) all open
+    the storage at once: on an empty database they race to create Optuna's tables (PostgreSQL
+    lets one win and fails the others with a duplicate table, type or version row), and a
+    full server or pooler turns some away (``too many clients``, PgBouncer's
+    ``query_wait_timeout``). Those are tried again with jittered backoff for up to
+    ``storage.retry_timeout`` seconds. A refused or unknown address, or a wrong password, is
+    reported at once.
     """
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    for attempt in range(1, attempts + 1):
+    def make(engine: dict[str, Any], **skip: bool) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat is marked experimental
+            return _retrying_class()(
+                url,
+                retry_timeout=cfg.retry_timeout,
+                engine_kwargs=engine,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=failed_trial_callback,
+                **skip,
+            )
+
+    deadline = time.monotonic() + cfg.retry_timeout
+    delay = 0.2
+    while True:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # heartbeat is marked experimental
-                return _retrying_class()(
-                    url,
-                    retry_timeout=cfg.retry_timeout,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=cfg.heartbeat_interval,
-                    grace_period=cfg.grace_period,
-                    heartbeat_stale_trial_callback=failed_trial_callback,
-                )
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts:
+            if not url.startswith("postgresql"):
+                return make(engine_kwargs)
+            # Optuna's start-up holds one connection inside a transaction while it opens a
+            # second (schema and version checks). Behind PgBouncer in transaction mode, workers
+            # starting together then hold every server connection and wait for one more: a
+            # deadlock until the pooler's query_wait_timeout. So the schema is created and
+            # checked first on connections outside transactions (autocommit: a pooler lends a
+            # server connection per statement), then the storage opens without those steps.
+            make({**engine_kwargs, "isolation_level": "AUTOCOMMIT"})._release()
+            return make(engine_kwargs, skip_table_creation=True, skip_compatibility_check=True)
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            if not is_busy(exc) or left <= 0:
                 raise
-            time.sleep(0.2 * attempt + random.random() * 0.5)
+            time.sleep(min(delay * (0.5 + random.random()), left))
+            delay = min(delay * 2, 5.0)
+
+
+# What PostgreSQL and PgBouncer say when they are there but cannot take one more client now.
+# SQLSTATEs: duplicate table, object and key (the schema race), too many connections, starting
+# up, deadlock, serialization failure.
+_BUSY_SQLSTATES = ("42P07", "42710", "23505", "53300", "57P03", "40P01", "40001")
+_BUSY_WORDS = ("already exists", "duplicate key", "too many clients", "too many connections",
+               "query_wait_timeout", "the database system is starting up",
+               "no more connections allowed")  # fmt: skip
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether opening the storage failed on a busy database (worth another try), not a bad one.
+
+    A schema race (another worker created the same table, type or row first), a server at
+    ``max_connections``, a pooler whose queue timed out, a deadlock between concurrent schema
+    creations, a server still starting.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        driver = getattr(seen, "orig", None) or seen  # SQLAlchemy keeps the driver's error
+        if getattr(driver, "sqlstate", None) in _BUSY_SQLSTATES:
+            return True
+        text = str(seen).lower()
+        if any(word in text for word in _BUSY_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -156,7 +208,21 @@ def _retrying_class() -> type:
             self.retry_timeout = retry_timeout
             self.retries = 0  # calls tried again, over the storage's life (benchmarks read it)
             self._inside = threading.local()  # a retried call's inner calls are not retried
-            super().__init__(url, **kwargs)
+            try:
+                super().__init__(url, **kwargs)
+            except BaseException:
+                self._release()
+                raise
+
+        def _release(self) -> None:
+            """Closes what a failed start opened: behind a pooler in transaction mode, a
+            connection left inside a transaction would hold a server connection for good."""
+            scoped = getattr(self, "scoped_session", None)
+            engine = getattr(self, "engine", None)
+            for close in (scoped and scoped.remove, engine and engine.dispose):
+                if close:
+                    with contextlib.suppress(Exception):  # the connection may be lost already
+                        close()
 
         def _with_retries(self, name: str, call: Callable[..., Any], args: tuple,
                           kwargs: dict) -> Any:  # fmt: skip

@@ -3,7 +3,9 @@ fixed before the data.
 
 Repeat r of every variant trains with seed ``seed + r``, as repeat r of the baseline does, so
 the two runs share data order, augmentation stream and (where the architecture allows) the
-initialisation. Each variant is compared with the baseline on its complete pairs only.
+initialisation. Each variant is compared with the baseline on its complete pairs only. A
+row that sets ``seed`` itself trains with that seed + r: the baseline again under other
+luck, a row with no real effect by construction (a null control).
 
 - The **decision rule** (:class:`sweeps.stats.design.Rule`: the metric, alpha, margin, delta,
   min and max repeats, the spending functions, the procedure) is built from the config at the
