@@ -150,3 +150,32 @@ def test_postgres_restarted_mid_study_loses_nothing(tmp_path, caplog, own_postgr
         assert {r["status"] for r in runs} == {"FINISHED"}
     finally:
         tracker.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_opens_a_fresh_database_through_one_pooled_server_connection(
+    tmp_path, own_postgres
+):
+    """PgBouncer in transaction mode with one server connection: Optuna's start-up would hold
+    it inside a transaction while waiting for a second, a deadlock until query_wait_timeout."""
+    from benchmarks.pooler import PGBOUNCER, Workload, _start_pgbouncer
+
+    if not Path(PGBOUNCER).is_file():
+        pytest.skip("pgbouncer not installed (apt-get install pgbouncer)")
+    cluster, database = own_postgres, "pooled"
+    cluster.create_database(database)
+    folder = cluster.data.parent / "bouncer"  # PgBouncer runs as the server's user: not tmp_path
+    bouncer, port = _start_pgbouncer(folder, cluster, database, "transaction",
+                                     Workload(1, 1.0, server_pool=1, query_wait=5,
+                                              retry_timeout=5.0))  # fmt: skip
+    try:
+        url = cluster.url(database).replace(f":{cluster.port}/", f":{port}/")
+        storage = open_storage(compose("quickstart", f"storage.url={url}",
+                                       "storage.retry_timeout=5", store=tmp_path).storage,
+                               tmp_path, lambda s, t: None)  # fmt: skip
+        study = optuna.create_study(storage=storage, study_name="pooled", direction="maximize")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    finally:
+        bouncer.terminate()
+        bouncer.wait(timeout=20)
