@@ -21,11 +21,18 @@ ENV KERAS_BACKEND=${KERAS_BACKEND} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Installed as the README says (pip install .); the image's TensorFlow satisfies the pin.
+# Installed as the README says (pip install .); on TensorFlow's image its TensorFlow satisfies
+# the pin. On a JAX or PyTorch image TensorFlow is left out (trials there never import it):
+# every other dependency, then the project itself without dependencies.
 COPY pyproject.toml README.md /tmp/sweeps/
 COPY conf /tmp/sweeps/conf
 COPY src /tmp/sweeps/src
-RUN pip install /tmp/sweeps && rm -rf /tmp/sweeps
+COPY docker/requirements.py /tmp/sweeps/
+RUN python /tmp/sweeps/requirements.py /tmp/sweeps/pyproject.toml "$KERAS_BACKEND" \
+        > /tmp/sweeps/requirements.txt \
+    && pip install -r /tmp/sweeps/requirements.txt \
+    && pip install --no-deps /tmp/sweeps \
+    && rm -rf /tmp/sweeps
 
 # Runs are tagged with the commit they ran (the image holds no .git):
 #   docker compose build --build-arg GIT_COMMIT=$(git rev-parse HEAD)

@@ -206,12 +206,28 @@ def test_worker_image_is_gpu_tensorflow_non_root_with_memory_growth():
     lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines()]
     base = next(ln for ln in lines if ln.startswith("ARG BASE_IMAGE="))
     assert re.fullmatch(r"ARG BASE_IMAGE=tensorflow/tensorflow:2\.21\.\d+-gpu", base)
-    assert any(re.match(r"RUN pip install \S*sweeps\b|RUN pip install \.", ln) for ln in lines)
+    run = " ".join(ln for ln in lines if not ln.startswith("#")).replace("\\ ", "")
+    assert 'requirements.py /tmp/sweeps/pyproject.toml "$KERAS_BACKEND"' in run
+    assert "pip install -r /tmp/sweeps/requirements.txt" in run
+    assert "pip install --no-deps /tmp/sweeps" in run
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in " ".join(lines)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".git"} <= set(ignored)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_worker_image_installs_tensorflow_only_on_the_tensorflow_backend(backend):
+    import tomllib
+
+    out = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements.py"),
+                          str(ROOT / "pyproject.toml"), backend],
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    tensorflow = [d for d in wanted if d.startswith("tensorflow")]
+    assert tensorflow and set(out) == set(wanted) - (set() if backend == "tensorflow"
+                                                     else set(tensorflow))  # fmt: skip
 
 
 # -- the services, run natively --------------------------------------------------------------
