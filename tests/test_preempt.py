@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -108,10 +109,18 @@ def _start(tmp_path: Path, name: str, servers: list[str], *overrides: str) -> su
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _saved_epoch(s3, tmp_path: Path) -> int:
-    """The epoch of the newest resumable state in the bucket (0: none yet)."""
+def _saved_epoch(s3, tmp_path: Path, server_uri: str, study: str) -> int:
+    """The epoch of the newest resumable state of the study's runs in the bucket (0: none yet).
+
+    The session's MLflow server and bucket are shared: only the study's experiment counts.
+    """
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(server_uri).get_experiment_by_name(study)
+    if experiment is None:
+        return 0
     best = 0
-    for key in s3.keys("artifacts/"):
+    for key in s3.keys(f"artifacts/{experiment.experiment_id}/"):
         if key.endswith(resume.ARTIFACT):
             local = tmp_path / "peek.zip"
             with contextlib.suppress(Exception):  # the worker is replacing it
@@ -120,9 +129,10 @@ def _saved_epoch(s3, tmp_path: Path) -> int:
     return best
 
 
-def _wait_for_epoch(proc: subprocess.Popen, s3, tmp_path: Path, epoch: int, log: Path) -> int:
+def _wait_for_epoch(proc: subprocess.Popen, server: Any, study: str, tmp_path: Path, epoch: int,
+                    log: Path) -> int:  # fmt: skip
     deadline = time.monotonic() + 240
-    while (saved := _saved_epoch(s3, tmp_path)) < epoch:
+    while (saved := _saved_epoch(server.s3, tmp_path, server.uri, study)) < epoch:
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
@@ -143,19 +153,20 @@ def test_a_stopped_then_killed_trial_resumes_in_its_run_and_finishes(
     name = f"preempt-{uuid.uuid4().hex[:8]}"
     servers = [f"storage.url={url}", f"tracking.uri={mlflow_server.uri}", f"sweep.name={name}"]
     first = _start(tmp_path, "first", servers)
-    _wait_for_epoch(first, s3, tmp_path, 2, tmp_path / "first.log")
+    _wait_for_epoch(first, mlflow_server, name, tmp_path, 2, tmp_path / "first.log")
     first.send_signal(signal.SIGTERM)  # pre-emption
     assert first.wait(timeout=90) == PREEMPTED, (tmp_path / "first.log").read_text()[-3000:]
-    stopped_at = _saved_epoch(s3, tmp_path)
+    stopped_at = _saved_epoch(s3, tmp_path, mlflow_server.uri, name)
 
     # The next worker trains in its own process per trial; it is killed outright. It reads
     # the state back from the bucket, through the tracking server.
     second = _start(tmp_path, "second", servers, "train.subprocess=true",
                     "storage.heartbeat_interval=1", "storage.grace_period=3")  # fmt: skip
-    _wait_for_epoch(second, s3, tmp_path, stopped_at + 2, tmp_path / "second.log")
+    _wait_for_epoch(second, mlflow_server, name, tmp_path, stopped_at + 2,
+                    tmp_path / "second.log")  # fmt: skip
     second.send_signal(signal.SIGKILL)
     second.wait(timeout=30)
-    killed_at = _saved_epoch(s3, tmp_path)
+    killed_at = _saved_epoch(s3, tmp_path, mlflow_server.uri, name)
     assert stopped_at < killed_at < EPOCHS
     time.sleep(4)  # the killed worker's heartbeat is older than storage.grace_period
 

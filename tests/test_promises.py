@@ -245,7 +245,7 @@ barrier, n = Path(sys.argv[2]), int(sys.argv[3])
 (barrier / str(os.getpid())).touch()
 while len(list(barrier.iterdir())) < n:
     time.sleep(0.05)
-raise SystemExit(run_study(cfg, trainer=FakeTrainer(epoch_seconds=0.2)))
+raise SystemExit(run_study(cfg, trainer=FakeTrainer(epoch_seconds=1.0)))
 """
 
 

@@ -301,10 +301,11 @@ def test_a_requeued_task_resumes_its_trial_in_the_same_run(
         return "\n".join(p.read_text()[-3000:] for p in logs) + slurm.logs()
 
     deadline = time.monotonic() + 300
-    while _saved_epoch(mlflow_server.s3, tmp_path) < 2:
+    while _saved_epoch(mlflow_server.s3, tmp_path, mlflow_server.uri, name) < 2:
         assert time.monotonic() < deadline, f"no epoch saved: {out()}"
         assert job_state(slurm, job) in ("PENDING", "RUNNING", "CONFIGURING"), out()
         time.sleep(0.5)
+    assert job_state(slurm, job) == "RUNNING", out()
     # --signal=B:TERM@120's warning: the batch shell only, which hands it to the worker.
     subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=30)
     wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "GONE", "FAILED"), 420,
