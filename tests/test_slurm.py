@@ -186,6 +186,18 @@ def job_state(slurm: SlurmCluster, job: str) -> str:
     return found[1] if found else "GONE"
 
 
+def job_env(slurm: SlurmCluster, postgres: Any, db: str, mlflow_server: Any,
+            tmp_path: Path) -> dict[str, str]:  # fmt: skip
+    """What sbatch passes on to a real worker: the database, the tracking server, no GPU."""
+    env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
+           "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
+           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": mlflow_server.uri,
+           "SWEEPS_PYTHON": sys.executable,
+           "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -234,12 +246,7 @@ def test_job_array_runs_the_quickstart_against_postgres_and_mlflow(
     db = f"sweeps_{uuid.uuid4().hex[:8]}"
     url = postgres.create_database(db)
     name = f"slurm-{uuid.uuid4().hex[:6]}"
-    env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
-           "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
-           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": mlflow_server.uri,
-           "SWEEPS_PYTHON": sys.executable,
-           "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = job_env(slurm, postgres, db, mlflow_server, tmp_path)
     n_trials = 3
     argv = ["sbatch", "--wait", "--array=0-1", "--gres=none", "--cpus-per-task=1",
             f"--output={tmp_path}/task-%a.out", f"--chdir={tmp_path}", str(SBATCH),
@@ -281,12 +288,7 @@ def test_a_requeued_task_resumes_its_trial_in_the_same_run(
     db = f"sweeps_{uuid.uuid4().hex[:8]}"
     url = postgres.create_database(db)
     name = f"slurm-resume-{uuid.uuid4().hex[:6]}"
-    env = {**slurm.env, "POSTGRES_HOST": postgres.host, "POSTGRES_PORT": str(postgres.port),
-           "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password,
-           "POSTGRES_DB": db, "MLFLOW_TRACKING_URI": mlflow_server.uri,
-           "SWEEPS_PYTHON": sys.executable,
-           "SWEEPS_STORE_DIR": str(tmp_path / "store")}  # fmt: skip
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = job_env(slurm, postgres, db, mlflow_server, tmp_path)
     argv = ["sbatch", "--parsable", "--array=0", "--gres=none", "--cpus-per-task=1",
             f"--output={tmp_path}/task-%A.out", f"--chdir={tmp_path}", str(SBATCH),
             "+study=quickstart", f"sweep.name={name}", "sweep.n_trials=1",

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,18 +153,21 @@ def is_busy(exc: BaseException) -> bool:
     ``max_connections``, a pooler whose queue timed out, a deadlock between concurrent schema
     creations, a server still starting.
     """
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
+    for seen in _causes(exc):
         driver = getattr(seen, "orig", None) or seen  # SQLAlchemy keeps the driver's error
         if getattr(driver, "sqlstate", None) in _BUSY_SQLSTATES:
             return True
-        text = str(seen).lower()
-        if any(word in text for word in _BUSY_WORDS):
+        if any(word in str(seen).lower() for word in _BUSY_WORDS):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _causes(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
+    """The error and what caused it, outermost first (Optuna wraps SQLAlchemy's errors)."""
+    seen: BaseException | None = exc
+    while seen is not None and depth > 0:
+        yield seen
+        seen, depth = seen.__cause__ or seen.__context__, depth - 1
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -175,17 +178,13 @@ def is_transient(exc: BaseException) -> bool:
     """
     from sqlalchemy import exc as sa
 
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
+    for seen in _causes(exc):
         if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
             return True
         if isinstance(seen, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
             return True
         if isinstance(seen, sa.TimeoutError):  # the pool waited for a connection in vain
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
