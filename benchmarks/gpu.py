@@ -97,7 +97,7 @@ MODELS = {
         train=1000, test=400,
     ),
 }  # fmt: skip
-JIT_COMPILE = False  # train.jit_compile's default (conf/train/default.yaml): as trials compile
+JIT_COMPILE = "auto"  # train.jit_compile's default (conf/train/default.yaml): as trials compile
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,6 @@ DRY_RUN = Workload(
     repeats=1,
     precisions=("float32", "mixed_bfloat16"),
     dry_run=True,
-    # Keras's choice: XLA on JAX, not on a CPU-only TensorFlow. JAX without it runs op by op,
-    # compiling each op at its first call: some 12 s more per JAX trial here.
-    jit_compile="auto",
 )
 
 

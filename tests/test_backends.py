@@ -22,7 +22,8 @@ from conftest import compose
 from imagegen import make_image_folder
 from sweeps.data import AugmentSpec, load_dataset, make_pydataset
 
-from sweeps import backend
+from sweeps import backend, host
+from sweeps.backend import BACKENDS
 from sweeps.config import apply_overrides
 from sweeps.errors import ConfigError
 from sweeps.trial import make_spec
@@ -377,6 +378,37 @@ def test_the_launcher_refuses_it_in_one_line_before_starting_any_worker(tmp_path
     line = error_line(proc)
     assert "train.gpu_memory_mb=4000" in line and "XLA_PYTHON_CLIENT_MEM_FRACTION=" in line
     assert "worker w0" not in proc.stdout
+
+
+def test_jit_compile_auto_is_xla_on_jax_on_tensorflow_with_a_gpu_never_on_torch():
+    assert [backend.jit_compile("auto", b, gpu=False) for b in BACKENDS] == [False, True, False]
+    assert [backend.jit_compile("auto", b, gpu=True) for b in BACKENDS] == [True, True, False]
+    assert backend.jit_compile(False, "jax", gpu=True) is False
+    assert backend.jit_compile(True, "torch", gpu=False) is True
+    assert compose("quickstart").train.jit_compile == "auto"
+    with pytest.raises(ConfigError, match="train.jit_compile must be auto, true or false"):
+        compose("quickstart", "train.jit_compile=xla")
+
+
+@pytest.mark.parametrize("name", ["tensorflow", *OTHERS])
+def test_jit_compile_auto_resolves_as_keras_resolves_it(name):
+    """The logged resolution is Keras's own, read back from a compiled model on this host."""
+    code = textwrap.dedent(
+        """
+        from sweeps import backend
+        backend.select(NAME)
+        from sweeps.models import create_model
+        from sweeps.models.compile import compile_model
+        net = create_model("cnn", input_shape=(8, 8, 1), num_classes=10, depth=1)
+        compile_model(net, optimizer="adam", learning_rate=None, num_classes=10)
+        print(net.jit_compile)
+        """
+    ).replace("NAME", repr(name))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gpu = host.gpu_capability() is not None
+    assert proc.stdout.split()[-1] == str(backend.jit_compile("auto", name, gpu=gpu))
 
 
 # --- real trials on each backend ------------------------------------------------------------

@@ -32,6 +32,7 @@ RATIOS = {
     "pooler": ["transaction_over_direct_trials_per_minute",
                "transaction_connections_over_direct"],
     "gpu": ["trials_per_hour_2_over_1", "bf16_over_fp32_acc", "bf16_over_fp32_epoch_s"],
+    "spread": ["chosen_sd_over_test_acc_sd"],
 }  # fmt: skip
 MACHINE = {"cpu_count", "platform", "python", "tensorflow", "keras", "optuna", "mlflow"}
 
@@ -72,10 +73,14 @@ def test_quick_run_writes_json_with_named_ratios(name, tmp_path):
                          ids=lambda p: p.name)  # fmt: skip
 def test_published_results_are_full_runs_with_their_ratios(path):
     record = json.loads(path.read_text())
-    check_record(record, path.stem)
-    if path.stem == "overhead":  # the GPU workers' mode: every trial in a fresh process
+    # gpu names its file after the card it measured (gpu-<card>.json); the others by name.
+    name = "gpu" if path.stem.startswith("gpu-") else path.stem
+    check_record(record, name)
+    if name == "overhead":  # the GPU workers' mode: every trial in a fresh process
         assert "sweeps_subprocess_over_bare" in record["ratios"]
-    assert record["quick"] is False and record["command"] == f"python -m benchmarks {path.stem}"
+    if name == "gpu":
+        assert path.stem == f"gpu-{record['workload']['card']['slug']}" != "gpu-cpu-dry-run"
+    assert record["quick"] is False and record["command"] == f"python -m benchmarks {name}"
     assert len(record["repeats"]) >= 3
 
 

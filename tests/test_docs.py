@@ -128,7 +128,11 @@ def _results() -> list[str]:
 
 
 def _pages_showing(name: str) -> list[Path]:
-    return [p for p in BENCH_PAGES.glob("*.md") if f"{{{{ bench-table {name} }}}}" in p.read_text()]
+    def shows(text: str) -> bool:
+        each = re.findall(r"\{\{ bench-each (\S+) \}\}", text)
+        return f"{{{{ bench-table {name} }}}}" in text or any(name.startswith(p) for p in each)
+
+    return [p for p in BENCH_PAGES.glob("*.md") if shows(p.read_text())]
 
 
 @pytest.mark.parametrize("name", _results())
@@ -240,3 +244,34 @@ def test_readme_pooler_figures_are_those_of_the_committed_benchmark() -> None:
     assert f"straight to PostgreSQL {m[f'{direct}_trials_per_minute']:.0f} a minute with all " \
            f"{m[f'{direct}_max_server_connections']:.0f} connections taken and " \
            f"{m[f'{direct}_retries']:.0f} calls" in readme  # fmt: skip
+
+
+def test_readme_says_which_gpus_were_measured() -> None:
+    """The README's GPU section follows the committed gpu-<card>.json files."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    cards = [json.loads(p.read_text(encoding="utf-8"))["workload"]["card"]["name"]
+             for p in sorted(RESULTS.glob("gpu-*.json"))]  # fmt: skip
+    assert ("No GPU has been measured yet" in readme) is (not cards)
+    for card in cards:
+        assert card in readme, f"README's GPU section does not name the measured {card}"
+
+
+def test_each_card_measured_gets_its_section_and_none_says_so(tmp_path: Path) -> None:
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert "Nothing measured yet" in docgen.bench_each(tmp_path, "gpu-")
+    # A card's result: the shape gpu writes (its table, targets and notes), another card's name.
+    record = json.loads((RESULTS / "backends.json").read_text(encoding="utf-8"))
+    record["workload"]["card"] = {"name": "NVIDIA H200", "slug": "nvidia-h200"}
+    record["targets"], record["target_met"] = (
+        {"jax_over_tensorflow_fashion_float32": "<= 9"},
+        {"jax_over_tensorflow_fashion_float32": True},
+    )
+    path = tmp_path / "benchmarks" / "results" / "gpu-nvidia-h200.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    text = docgen.bench_each(tmp_path, "gpu-")
+    assert text.startswith("## NVIDIA H200") and "Nothing measured" not in text
+    assert docgen.bench_table(tmp_path, "gpu-nvidia-h200") in text
+    assert "**met**" in text and "gpu-nvidia-h200.json" in text
+    (tmp_path / "docs" / "benchmarks").mkdir(parents=True)
+    (tmp_path / "docs" / "benchmarks" / "gpu.md").write_text("{{ bench-each gpu- }}")
+    assert "[gpu-nvidia-h200](gpu.md)" in docgen.bench_summary(tmp_path)

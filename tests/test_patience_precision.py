@@ -328,3 +328,9 @@ def test_auto_is_printed_and_logged_on_every_run(tmp_path):
     (run,) = _runs(tmp_path / "store")
     assert run.data.params["train.precision"] == "auto"
     assert run.data.params["train.precision_resolved"] == resolved
+    # XLA as Keras's auto chooses it on this host's TensorFlow (off without a GPU).
+    from sweeps import backend, host
+
+    xla = backend.jit_compile("auto", "tensorflow", gpu=host.gpu_capability() is not None)
+    assert run.data.params["train.jit_compile"] == "auto"
+    assert run.data.params["train.jit_compile_resolved"] == str(xla)

@@ -21,6 +21,7 @@ from conftest import compose
 from fakes import FakeTrainer
 from rich.console import Console
 
+from sweeps.errors import StudyMismatch
 from sweeps.keys import AUTO_ATTR, RULE_ATTR
 from sweeps.report import report_study
 from sweeps.runner import run_study
@@ -271,6 +272,24 @@ def test_a_resume_that_asks_for_another_rule_is_refused(store: Path) -> None:
         assert message.startswith(f"{key} asks for another decision rule") and "\n" not in message
         assert "sweep.name" in message
     assert _study(cfg).user_attrs[RULE_ATTR] == recorded  # nothing was recomputed
+
+
+def test_a_row_added_mid_study_is_refused_in_one_line_by_run_and_report(store: Path) -> None:
+    cfg = auto(store)
+    assert run_study(cfg, trainer=FakeTrainer(curve=_curve(EFFECT, NOISE))) == 0
+    rows = "ablation.variants=[{name: dropout, set: {model.dense_dropout: 0.3}}, " \
+           "{name: wider, set: {model.dense_dropout: 0.5}}]"  # fmt: skip
+    # allow_space_change lets the rows change; the recorded looks still cannot take them.
+    changed = auto(store, rows, "sweep.allow_space_change=true")
+    with pytest.raises(StudyMismatch) as caught:
+        run_study(changed, trainer=FakeTrainer())
+    message = str(caught.value)
+    assert "over the rows dropout; this config has dropout, wider" in message
+    assert "sweep.name" in message and "\n" not in message
+    trials = _study(cfg).get_trials()
+    with pytest.raises(StudyMismatch, match="over the rows dropout;"):
+        verdicts_for_study(changed, trials, "test_acc", settle_rule(_study(cfg), cfg, record=False),
+                           _study(cfg).user_attrs[AUTO_ATTR]["_state"])  # fmt: skip
 
 
 def test_the_cli_refuses_a_changed_rule_with_exit_code_2(store: Path) -> None:

@@ -310,6 +310,13 @@ def test_a_requeued_task_resumes_its_trial_in_the_same_run(
     assert job_state(slurm, job) == "RUNNING", out()
     # --signal=B:TERM@120's warning: the batch shell only, which hands it to the worker.
     subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=30)
+    # Slurm holds a requeued job until a BeginTime some two minutes on; release it, as an
+    # operator may with the same command, so the test does not wait out the hold.
+    ended = ("PENDING", "COMPLETED", "GONE", "FAILED")  # not RUNNING, COMPLETING, REQUEUED
+    wait_for(lambda: job_state(slurm, job) in ended, 120, f"job {job} stopped: {out()}")
+    if job_state(slurm, job) == "PENDING":
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env,
+                       check=True, timeout=30)  # fmt: skip
     wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "GONE", "FAILED"), 420,
              f"job {job} requeued and finished: {out()}")  # fmt: skip
     log = out()

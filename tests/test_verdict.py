@@ -270,8 +270,9 @@ def test_config_keys_are_checked() -> None:
         compose("fashion_mnist_dropout", "report.margin=0.03")
     with pytest.raises(ConfigError, match="report.alpha"):
         compose("fashion_mnist_dropout", "report.alpha=1.5")
-    with pytest.raises(ConfigError, match="report.metric='accuracy'"):
-        compose("fashion_mnist_dropout", "report.metric=accuracy")
+    for wrong in ("accuracy", "test_acc_last3", "val_macro_f1", "val_acc_last0"):
+        with pytest.raises(ConfigError, match=f"report.metric='{wrong}'"):
+            compose("fashion_mnist_dropout", f"report.metric={wrong}")
     assert compose("fashion_mnist_dropout", "report.metric=val_acc_last3").report.metric == (
         "val_acc_last3"
     )

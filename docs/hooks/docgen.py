@@ -16,6 +16,8 @@ build instead of printing nothing:
   ``%pt`` prints percentage points.
 - ``{{ bench-plot NAME }}``: a figure drawn from that JSON (see `plots`).
 - ``{{ bench-summary }}``: every committed result, when it ran and its targets.
+- ``{{ bench-each PREFIX }}``: facts, table, targets and notes of every result whose name
+  starts with PREFIX (``gpu-``: one section per card measured).
 
 This module needs PyYAML and, for the figures, matplotlib; MkDocs only in `sweeps_docs`.
 """
@@ -460,7 +462,7 @@ def bench_targets(root: Path, name: str) -> str:
         return "*This benchmark sets no target: it measures.*"
     out = ["| target | measured | |", "|---|---:|---|"]
     for key, goal in targets.items():
-        measured = r.get("ratios", {}).get(key)
+        measured = r.get("ratios", {}).get(key, r.get("medians", {}).get(key))
         shown = "—" if measured is None else f"{measured:.3f}"
         met = (r.get("target_met") or {}).get(key)
         verdict = "**met**" if met else "**missed**" if met is not None else ""
@@ -482,11 +484,31 @@ def bench_summary(root: Path) -> str:
         r = load_result(name, root)
         met = r.get("target_met") or {}
         targets = f"{sum(met.values())} of {len(met)} met" if met else "none: it measures"
-        page = root / "docs" / "benchmarks" / f"{name}.md"
-        shown = f"[{name}]({name}.md)" if page.is_file() else name
+        # gpu-<card> results share one page, gpu.md
+        stem = next((p for p in (name, name.split("-")[0]) if _bench_page(root, p)), None)
+        shown = f"[{name}]({stem}.md)" if stem else name
         minutes = f"{r['wall_seconds'] / 60:.0f} min"
         out.append(f"| {shown} | {r['finished'][:10]} | {minutes} | {targets} |")
     return "\n".join(out)
+
+
+def bench_each(root: Path, prefix: str) -> str:
+    """Every committed result whose name starts with ``prefix`` (``gpu-``: one per card
+    measured), each under its card's heading; one sentence while there is none."""
+    names = [n for n in result_names(root) if n.startswith(prefix)]
+    if not names:
+        return f"*Nothing measured yet: no `benchmarks/results/{prefix}*.json` is committed.*"
+    parts: list[str] = []
+    for name in names:
+        card = load_result(name, root).get("workload", {}).get("card") or {}
+        parts += [f"## {_md(str(card.get('name', name)))}", "", bench_facts(root, name), ""]
+        parts += [bench_table(root, name), "", bench_targets(root, name), ""]
+        parts += [bench_notes(root, name), ""]
+    return "\n".join(parts).rstrip()
+
+
+def _bench_page(root: Path, stem: str) -> bool:
+    return (root / "docs" / "benchmarks" / f"{stem}.md").is_file()
 
 
 def bench_plot(root: Path, name: str) -> str:
@@ -513,4 +535,5 @@ DIRECTIVES: dict[str, Callable[..., str]] = {
     "bench-notes": bench_notes,
     "bench-plot": bench_plot,
     "bench-summary": lambda root: bench_summary(root),
+    "bench-each": bench_each,
 }

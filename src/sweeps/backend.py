@@ -117,6 +117,19 @@ def in_use(value: str | None = None) -> str:
     return active() or requested(value)
 
 
+def jit_compile(requested: bool | str, name: str, *, gpu: bool) -> bool:
+    """Whether a trial on backend ``name`` compiles its steps with XLA (``train.jit_compile``).
+
+    ``true``/``false`` as given; ``auto`` as Keras 3 resolves it (its trainer's
+    ``_resolve_auto_jit_compile``): always on JAX (a JAX step not compiled runs op by op), on
+    TensorFlow only when a GPU is visible, never on PyTorch. Keras still falls back to no XLA
+    for a model that cannot be compiled, and says so.
+    """
+    if requested != "auto":
+        return bool(requested)
+    return {"jax": True, "tensorflow": gpu}.get(name, False)
+
+
 def version(name: str) -> str:
     """The installed version of the backend's library ('' when it is not installed)."""
     try:

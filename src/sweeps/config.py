@@ -46,7 +46,9 @@ class TrainConfig:
     precision: str = "auto"
     # Stop a trial when sweep.metric has not improved for this many epochs (None: never).
     patience: int | None = None
-    jit_compile: bool = False
+    # XLA: auto is Keras's own choice (always on JAX, on TensorFlow only with a GPU, never on
+    # PyTorch); without it a JAX train step runs op by op, twice as slow even on a CPU.
+    jit_compile: bool | str = "auto"
     # A fresh process per trial returns all GPU memory to the driver when the trial ends.
     subprocess: bool = False
     # Keras backend of each trial's process: tensorflow, jax or torch (conf: KERAS_BACKEND's
@@ -268,10 +270,13 @@ def _report(raw: Mapping[str, Any] | None) -> ReportConfig:
             f"report.margin={margin}, report.delta={report.delta}: the equivalence band must "
             "not be wider than the smallest effect of interest (margin <= delta)"
         )
-    if not re.fullmatch(r"(test|val|train)_(acc|loss|macro_f1)(_last\d+)?", str(report.metric)):
+    # The test metrics exist once, for the kept epoch; a mean of the last K needs a per-epoch one.
+    per_epoch = r"(val|train)_(acc|loss)(_last[1-9]\d*)?"
+    if not re.fullmatch(rf"test_(acc|loss|macro_f1)|{per_epoch}", str(report.metric)):
         raise ConfigError(
-            f"report.metric={report.metric!r}: test_acc, val_acc, test_loss, val_loss, "
-            "test_macro_f1, or METRIC_lastK (the mean of the last K epochs, e.g. val_acc_last3)"
+            f"report.metric={report.metric!r}: test_acc, test_loss, test_macro_f1, val_acc, "
+            "val_loss, train_acc, train_loss, or one of the last four as METRIC_lastK (the mean "
+            "of the last K epochs, e.g. val_acc_last3)"
         )
     return dataclasses.replace(
         report, margin=float(margin), alpha=float(report.alpha), delta=float(report.delta)
@@ -374,7 +379,7 @@ def _rule(key: str, value: Any) -> str | None:
         whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         ok = value == "auto" or whole
         return None if ok else "must be a whole number >= 1, or auto (one per visible GPU)"
-    if key == "sweep.constant_liar":
+    if key in ("sweep.constant_liar", "train.jit_compile"):
         return None if value == "auto" or isinstance(value, bool) else "must be auto, true or false"
     if key == "sweep.repeats":
         whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -16,7 +16,7 @@ from typing import Any
 from sweeps.config import RunConfig
 from sweeps.keys import SPURIOUS_ATTR, ablation_key, replaced_numbers
 from sweeps.stats.design import Rule, look, needs_more
-from sweeps.verdict import pair_differences, paired_values
+from sweeps.verdict import check_rows, pair_differences, paired_values
 
 STATE_KEY = "_state"  # in the study's record: the look state of sweeps.stats.design
 
@@ -71,6 +71,7 @@ def auto_plan(
     base, rows, budget = names[0], names[1:], rule.max_repeats
     held, unfinished = held_repeats(trials)
     record = dict(record or {})
+    check_rows(record.get(STATE_KEY), rows, cfg.sweep.name)
     values = paired_values(trials, rule.metric, names)
     results, state = look(rule, pair_differences(values, base, rows), record.get(STATE_KEY))
     enqueue: list[tuple[str, int]] = []

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sweeps.config import RunConfig
-from sweeps.errors import ConfigError
+from sweeps.errors import ConfigError, StudyMismatch
 from sweeps.keys import RULE_ATTR, SPURIOUS_ATTR, ablation_key, replaced_numbers
 from sweeps.stats.design import RowResult, Rule, claim, look
 from sweeps.stats.paired import (
@@ -253,6 +253,24 @@ class Verdict:
     note: str = ""
 
 
+def check_rows(state: Mapping[str, Any] | None, rows: Sequence[str], name: str) -> None:
+    """Refuses rows other than those repeats=auto's looks were taken over.
+
+    The family-wise rule splits alpha over the rows it started with: a row added or removed
+    mid-study would change every row's share after the data were seen.
+
+    Raises:
+        StudyMismatch: ``state`` holds other rows than ``rows``.
+    """
+    held = list((state or {}).get("rows") or [])
+    if held and held != list(rows):
+        raise StudyMismatch(
+            f"study '{name}' took its repeats=auto looks over the rows {', '.join(held)}; "
+            f"this config has {', '.join(rows) or 'none'}: the error control covers the rows "
+            "it started with, so run the changed rows as a new study (another sweep.name=...)"
+        )
+
+
 def verdicts_for_study(
     cfg: RunConfig,
     trials: Sequence[Any],
@@ -284,6 +302,7 @@ def verdicts_for_study(
         for r, d in diffs.items()
     }
     if rule is not None and metric == rule.metric:
+        check_rows(state, rows, cfg.sweep.name)
         results, _ = look(rule, diffs, state)
         return {r: _decided(r, metric, results[r], boots[r], pub_diff[r], rule) for r in rows}
     return {r: _described(r, metric, diffs[r], boots[r], pub_diff[r]) for r in rows}
