@@ -45,6 +45,18 @@ def measures(trial: Any) -> dict[str, float]:
     }
 
 
+def equal_spread_p(a: Any, b: Any) -> float:
+    """Two-sided p of the Pitman-Morgan test that two paired samples have equal variances: the
+    correlation of their sums and differences (Pitman 1939, Morgan 1939); nan below 3 pairs or
+    when the two samples are the same."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.allclose(a, b) or np.ptp(a + b) == 0:
+        return math.nan
+    return float(stats.pearsonr(a + b, a - b).pvalue)
+
+
 def repeats_to_decide(diff: float, sd: float, alpha: float = 0.05) -> int | None:
     """The smallest n whose paired t test rejects 0 at this mean and spread (None: > 200)."""
     from scipy import stats
@@ -108,6 +120,8 @@ def run(quick: bool = False, repeats: int | None = None) -> Result:
         )
     honest = ("test_acc", "val_acc_last3", "val_acc_last5")
     best = min(honest, key=lambda m: medians[f"{m}_sd"])
+    paired = {m: [dropout[s][m] - base[s][m] for s in seeds] for m in (best, "test_acc")}
+    medians["equal_sd_p_chosen_vs_test_acc"] = equal_spread_p(paired[best], paired["test_acc"])
     return Result(
         workload={
             "study": STUDY,

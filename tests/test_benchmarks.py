@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +94,19 @@ def test_answer_counts_opposite_lost_and_compatible_verdicts_apart():
     got = compare(exhaustive, fast)
     assert got == {"rows": 5, "fast_decided": 4, "agree": 1, "opposite": 1, "differ": 1,
                    "lost": 1, "gained": 1}  # fmt: skip
+
+
+def test_equal_spread_test_tells_a_wider_paired_sample_from_an_equal_one():
+    from scipy import stats
+
+    from benchmarks.spread import equal_spread_p
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, 40)
+    wide, alike = a + rng.normal(0, 3, 40), a + rng.normal(0, 0.05, 40)
+    assert equal_spread_p(a, wide) < 0.001 and equal_spread_p(a, alike) > 0.05
+    # The published form: r of sums and differences, t on n - 2 degrees of freedom.
+    r = np.corrcoef(a + wide, a - wide)[0, 1]
+    t = r * np.sqrt(38 / (1 - r**2))
+    assert equal_spread_p(a, wide) == pytest.approx(2 * stats.t.sf(abs(t), 38))
+    assert math.isnan(equal_spread_p(a[:2], wide[:2])) and math.isnan(equal_spread_p(a, a))
