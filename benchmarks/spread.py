@@ -33,10 +33,14 @@ STUDY = "fashion_mnist_dropout"
 MEASURES = ("test_acc", "val_acc_best", "val_acc_last3", "val_acc_last5")
 
 
+def val_curve(trial: Any) -> list[float]:
+    """A finished trial's validation accuracy per epoch, from its stored history."""
+    return [float(h["val_acc"]) for h in trial.user_attrs.get("history") or [] if "val_acc" in h]
+
+
 def measures(trial: Any) -> dict[str, float]:
     """Every candidate measure of one finished trial."""
-    history = trial.user_attrs.get("history") or []
-    val = [float(h["val_acc"]) for h in history if "val_acc" in h]
+    val = val_curve(trial)
     return {
         "test_acc": float(trial.user_attrs.get("test_acc", math.nan)),
         "val_acc_best": float(trial.user_attrs.get("val_acc", max(val, default=math.nan))),
@@ -95,16 +99,15 @@ def run(quick: bool = False, repeats: int | None = None) -> Result:
     for t in trials:
         variant, seed = t.params["ablation.variant"], int(t.params["ablation.repeat"])
         rows.setdefault(variant, {})[seed] = measures(t)
-        history = t.user_attrs.get("history") or []
-        curves.setdefault(variant, {})[seed] = [float(h["val_acc"]) for h in history
-                                                if "val_acc" in h]  # fmt: skip
+        curves.setdefault(variant, {})[seed] = val_curve(t)
     base, dropout = rows.get("baseline", {}), rows.get("dropout", {})
     seeds = sorted(set(base) & set(dropout))
     table = [["measure", "mean diff (points)", "paired sd (points)", "repeats to decide"]]
     medians: dict[str, float] = {}
     per_seed = []
+    paired: dict[str, Any] = {}
     for m in MEASURES:
-        d = np.array([dropout[s][m] - base[s][m] for s in seeds])
+        d = paired[m] = np.array([dropout[s][m] - base[s][m] for s in seeds])
         diff, sd = float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else math.nan
         need = repeats_to_decide(diff, sd)
         medians[f"{m}_diff"], medians[f"{m}_sd"] = diff, sd
@@ -120,7 +123,6 @@ def run(quick: bool = False, repeats: int | None = None) -> Result:
         )
     honest = ("test_acc", "val_acc_last3", "val_acc_last5")
     best = min(honest, key=lambda m: medians[f"{m}_sd"])
-    paired = {m: [dropout[s][m] - base[s][m] for s in seeds] for m in (best, "test_acc")}
     medians["equal_sd_p_chosen_vs_test_acc"] = equal_spread_p(paired[best], paired["test_acc"])
     return Result(
         workload={

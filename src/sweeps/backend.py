@@ -15,6 +15,7 @@ Nothing here imports Keras or a backend at module import time.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -128,6 +129,12 @@ def jit_compile(requested: bool | str, name: str, *, gpu: bool) -> bool:
     if requested != "auto":
         return bool(requested)
     return {"jax": True, "tensorflow": gpu}.get(name, False)
+
+
+@functools.cache
+def jit_compile_here(requested: bool | str, name: str) -> bool:
+    """:func:`jit_compile` on this host; its GPUs are probed once per process."""
+    return jit_compile(requested, name, gpu=host.gpu_capability() is not None)
 
 
 def version(name: str) -> str:

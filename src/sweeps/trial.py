@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps import backend, host
+from sweeps import backend
 from sweeps.config import (
     RunConfig,
     TrainConfig,
@@ -59,8 +59,8 @@ class TrialSpec:
             for key, value in (self.config.get(section) or {}).items():
                 out[f"{section}.{key}"] = value
         out["train.precision_resolved"] = choose(self.train.precision)
-        out["train.jit_compile_resolved"] = backend.jit_compile(
-            self.train.jit_compile, self.train.backend, gpu=host.gpu_capability() is not None
+        out["train.jit_compile_resolved"] = backend.jit_compile_here(
+            self.train.jit_compile, self.train.backend
         )
         if self.variant is not None:
             out["ablation.variant"], out["ablation.repeat"] = self.variant, self.repeat
